@@ -1,0 +1,213 @@
+"""PPO end-to-end samples/s (collection plus update), all in one run: our PPO on ant and
+go2_velocity, SB3 PPO on gymnasium's Ant-v5 and (through our SB3 adapter) on go2_velocity, and
+go2_velocity's own random-action env rate at the same N and thread settings.
+
+    python benchmarks/train_throughput.py [--num-envs 1024] [--iterations 10] [--out train.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from functools import partial
+from typing import Any
+
+import torch
+from env_throughput import (
+    batched_rate,
+    command_line,
+    machine_info,
+    markdown_table,
+    report,
+    thread_info,
+    verdict,
+    write_json,
+)
+
+from embodied.cli import compose
+from embodied.runner import EpisodeTracker
+from embodied.workflow import build_algo, build_env, build_policy, set_threads
+
+MIN_VS_SB3 = 5.0  # ours(ant) / SB3(Ant-v5)
+MIN_VS_RAW = 0.60  # our PPO on go2_velocity / that env's random-action rate
+
+
+def ours_ppo(task: str, num_envs: int, iterations: int, overrides: list[str]) -> dict[str, Any]:
+    """Our PPO for 1 warm-up plus ``iterations`` timed iterations, as embodied.runner.Runner runs them.
+
+    samples/s = iterations * num_steps_per_env * num_envs / wall time of the timed iterations."""
+    cfg = compose([f"task={task}", f"num_envs={num_envs}", *overrides])
+    set_threads(cfg)
+    torch.manual_seed(int(cfg.seed))
+    env = build_env(cfg)
+    alg = build_algo(cfg, env, build_policy(cfg, env))
+    steps = alg.cfg.num_steps_per_env
+    tracker = EpisodeTracker(env.num_envs, env.device)
+    obs = env.reset()
+    alg.train_mode()
+    collect_s = update_s = 0.0
+    for it in range(iterations + 1):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = env.step(alg.act(obs))
+            alg.process_env_step(out)
+            tracker.add(out)
+            obs = out.obs
+        alg.compute_returns(obs)
+        t1 = time.perf_counter()
+        alg.update()
+        tracker.pop(env.dt)
+        if it > 0:  # iteration 0 is the warm-up
+            collect_s, update_s = collect_s + t1 - t0, update_s + time.perf_counter() - t1
+    env.close()
+    samples = iterations * steps * num_envs
+    return {
+        "samples_per_s": samples / (collect_s + update_s),
+        "collection_samples_per_s": samples / collect_s,
+        "update_s_per_iteration": update_s / iterations,
+        "num_envs": num_envs,
+        "num_steps_per_env": steps,
+        "iterations": iterations,
+        "torch_threads": int(cfg.threads.torch),
+        "sim_nthread": int(cfg.sim.nthread),
+    }
+
+
+def raw_rate(task: str, num_envs: int, seconds: float, warmup_s: float, overrides: list[str]) -> float:
+    """The task's random-action env-steps/s under the same config threads as ``ours_ppo``."""
+    cfg = compose([f"task={task}", f"num_envs={num_envs}", *overrides])
+    set_threads(cfg)
+    return batched_rate(task, num_envs, int(cfg.sim.nthread), seconds, warmup_s, seed=int(cfg.seed))
+
+
+def sb3_ppo(make_venv: Any, n_steps: int, updates: int, torch_threads: int) -> dict[str, Any]:
+    """SB3 PPO (MlpPolicy, defaults except n_steps): 1 warm-up rollout+update, then ``updates`` timed.
+
+    fps = timesteps of the timed ``learn`` / its wall time; model construction is not timed."""
+    from stable_baselines3 import PPO as SB3PPO
+
+    torch.set_num_threads(torch_threads)
+    venv = make_venv()
+    model = SB3PPO("MlpPolicy", venv, n_steps=n_steps, device="cpu", seed=0, verbose=0)
+    model.learn(n_steps * venv.num_envs)
+    start = model.num_timesteps
+    t0 = time.perf_counter()
+    model.learn(updates * n_steps * venv.num_envs, reset_num_timesteps=False)
+    wall = time.perf_counter() - t0
+    venv.close()
+    done = model.num_timesteps - start
+    return {"samples_per_s": done / wall, "timesteps": done, "num_envs": venv.num_envs, "n_steps": n_steps}
+
+
+def gym_ant_venv(num_envs: int) -> Any:
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    return DummyVecEnv([partial(gym.make, "Ant-v5") for _ in range(num_envs)])
+
+
+def adapter_available() -> bool:
+    try:
+        return importlib.util.find_spec("embodied.adapters.sb3") is not None
+    except ModuleNotFoundError:  # embodied.adapters itself is missing
+        return False
+
+
+def adapter_venv(task: str, num_envs: int) -> Any:
+    from embodied.adapters.sb3 import make_sb3_vec_env
+
+    return make_sb3_vec_env(task, num_envs, seed=0, nthread=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num-envs", type=int, default=None, help="N of our PPO runs (default 1024)")
+    p.add_argument(
+        "--iterations", type=int, default=None, help="timed PPO iterations after 1 warm-up (default 10)"
+    )
+    p.add_argument("--sb3-envs", type=int, default=8, help="envs in SB3's vec envs")
+    p.add_argument(
+        "--sb3-n-steps", type=int, default=None, help="SB3 n_steps per env per rollout (default 256)"
+    )
+    p.add_argument(
+        "--sb3-updates", type=int, default=None, help="timed SB3 rollout+update cycles (default 4)"
+    )
+    p.add_argument("--sb3-torch-threads", type=int, default=1, help="torch intra-op threads during SB3 runs")
+    p.add_argument(
+        "--seconds", type=float, default=None, help="timed seconds of the raw-rate run (default 10)"
+    )
+    p.add_argument(
+        "--override", action="append", default=[], help="extra config override for our runs (repeat)"
+    )
+    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and durations: a smoke test")
+    a = p.parse_args(argv)
+    n = a.num_envs or (64 if a.quick else 1024)
+    iters = a.iterations or (1 if a.quick else 10)
+    n_steps = a.sb3_n_steps or (16 if a.quick else 256)
+    sb3_updates = a.sb3_updates or (1 if a.quick else 4)
+    secs = a.seconds or (0.5 if a.quick else 10.0)
+    warm = 0.2 if a.quick else 2.0
+
+    cfg = compose(["task=ant", *a.override])
+    set_threads(cfg)  # fixes the inter-op pool at 1 before any parallel torch work
+    sb3_threads = {"torch_threads": a.sb3_torch_threads, "device": "cpu", "adapter_sim_nthread": 1}
+    threads = thread_info(ours_torch_threads=int(cfg.threads.torch), ours_sim_nthread=int(cfg.sim.nthread))
+    threads.pop("torch_threads")
+    threads.update({f"sb3_{k}": v for k, v in sb3_threads.items()}, sb3_vec_env="one thread")
+    settings = {"num_envs": n, "iterations": iters, "sb3_envs": a.sb3_envs, "sb3_n_steps": n_steps}
+    settings.update(sb3_updates=sb3_updates, raw_seconds=secs, raw_warmup_s=warm)
+    header = {"command": command_line(__file__, argv), "machine": machine_info(), "threads": threads}
+    header.update(settings=settings, quick=a.quick)
+    import stable_baselines3
+
+    header["machine"]["stable_baselines3"] = stable_baselines3.__version__
+
+    ant = ours_ppo("ant", n, iters, a.override)
+    go2 = ours_ppo("go2_velocity", n, iters, a.override)
+    go2_raw = raw_rate("go2_velocity", n, secs, warm, a.override)
+    sb3_ant = sb3_ppo(partial(gym_ant_venv, a.sb3_envs), n_steps, sb3_updates, a.sb3_torch_threads)
+    sb3_go2: dict[str, Any] | None = None
+    sb3_go2_note = "" if adapter_available() else "skipped: embodied/adapters/sb3.py does not exist yet"
+    if sb3_go2_note:
+        print(f"SB3 PPO on go2_velocity {sb3_go2_note}", file=sys.stderr)
+    else:
+        venv = partial(adapter_venv, "go2_velocity", a.sb3_envs)
+        sb3_go2 = sb3_ppo(venv, n_steps, sb3_updates, a.sb3_torch_threads)
+
+    def ours_row(task: str, r: dict[str, Any]) -> list[Any]:
+        setting = f"N={n}, T={r['num_steps_per_env']}, K={iters}"
+        return ["our PPO", task, setting, r["samples_per_s"], r["collection_samples_per_s"]]
+
+    sb3_setting = f"{a.sb3_envs} envs, n_steps={n_steps}"
+    rows = [
+        ours_row("ant", ant),
+        ["SB3 PPO, DummyVecEnv", "Ant-v5", sb3_setting, sb3_ant["samples_per_s"], ""],
+        ours_row("go2_velocity", go2),
+        ["env only, random actions", "go2_velocity", f"N={n}", go2_raw, ""],
+        ["SB3 PPO, our SB3 adapter", "go2_velocity", sb3_setting, (sb3_go2 or {}).get("samples_per_s", "-")],
+    ]
+    rows[-1].append(sb3_go2_note)
+    table = markdown_table(["run", "task", "setting", "samples/s", "collection samples/s"], rows)
+    criteria = [
+        verdict(
+            "ours PPO(ant) / SB3 PPO(Ant-v5)", ant["samples_per_s"] / sb3_ant["samples_per_s"], MIN_VS_SB3
+        ),
+        verdict("ours PPO(go2_velocity) / go2_velocity env rate", go2["samples_per_s"] / go2_raw, MIN_VS_RAW),
+    ]
+    report("PPO training throughput (collection + update)", header, table, criteria)
+    results = {
+        "ours_ant": ant,
+        "ours_go2_velocity": go2,
+        "go2_velocity_env_steps_per_s": go2_raw,
+        "sb3_ant_v5": sb3_ant,
+        "sb3_go2_velocity": sb3_go2 or sb3_go2_note,
+    }
+    write_json(a.out, {**header, "args": vars(a), "results": results, "criteria": criteria})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

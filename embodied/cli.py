@@ -1,0 +1,245 @@
+"""``embodied`` command line: train, eval, play, tasks. Bad input -> one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from embodied.errors import ConfigError
+from embodied.registry import CONFIG_DIR, describe_tasks, task_names
+from sim.backend import SimConfigError
+
+USAGE = """usage: embodied <command> [key=value ...]
+  train   [task=go2_velocity sim=mujoco algo=ppo key=value ...] [resume=<run dir>]
+  eval    run=<run dir> [checkpoint=<file>] [num_envs=N] [seed=S] [video=true]
+  play    run=<run dir> [checkpoint=<file>] [seconds=10] [num_envs=1]
+  tasks   list the registered tasks"""
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Hydra composition of configs/config.yaml with command-line overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    for o in overrides:
+        if o.startswith("task=") and o.split("=", 1)[1] not in task_names():
+            raise ConfigError(
+                f"unknown task {o.split('=', 1)[1]!r}; registered tasks: {', '.join(task_names())}"
+            )
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return hydra_compose("config", overrides=overrides)
+
+
+def _kv(args: list[str], allowed: dict[str, Any], command: str) -> dict[str, Any]:
+    out = dict(allowed)
+    for a in args:
+        if "=" not in a:
+            raise ConfigError(f"{command}: expected key=value, got {a!r}")
+        k, v = a.split("=", 1)
+        if k not in allowed:
+            raise ConfigError(f"{command}: unknown option {k!r}; valid: {', '.join(allowed)}")
+        out[k] = type(allowed[k])(v) if allowed[k] is not None and not isinstance(allowed[k], bool) else v
+        if isinstance(allowed[k], bool):
+            out[k] = v.lower() in ("1", "true", "yes")
+    return out
+
+
+def _load_run(run: str | None) -> tuple[Path, DictConfig]:
+    if not run:
+        raise ConfigError("run=<run directory> is required")
+    run_dir = Path(run)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    return run_dir, OmegaConf.load(run_dir / "config.yaml")
+
+
+def _load_policy(run_dir: Path, cfg: DictConfig, env, checkpoint: str | None):
+    from embodied.checkpoint import latest_checkpoint, load_checkpoint
+    from embodied.workflow import build_policy
+
+    path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    if path is None:
+        raise ConfigError(f"{run_dir} has no checkpoint in checkpoints/")
+    ckpt = load_checkpoint(path, task=str(cfg.task.name), obs_dims=env.obs_dims)
+    policy = build_policy(cfg, env)
+    try:
+        policy.load_state_dict(ckpt["algo"]["model"])
+    except (RuntimeError, KeyError) as e:
+        raise ConfigError(
+            f"checkpoint {path} does not fit this policy ({str(e).splitlines()[0][:160]})"
+        ) from None
+    policy.eval()
+    return policy, ckpt
+
+
+def run_eval(run_dir: Path, cfg: DictConfig, *, checkpoint=None, num_envs=0, seed=12345, video=False) -> dict:
+    """Evaluate a run's policy on the task's eval settings; saves eval.json (and videos/eval.mp4)."""
+    from embodied.evaluate import check_thresholds, evaluate
+    from embodied.workflow import build_env, set_threads
+
+    set_threads(cfg)
+    ev = OmegaConf.to_container(cfg.task.get("eval") or {}, resolve=True)
+    env = build_env(cfg, num_envs=num_envs or int(ev.get("num_envs", 32)), seed=seed)
+    if "commands" in ev and hasattr(env, "set_command_ranges"):
+        env.set_command_ranges(ev["commands"])
+    policy, ckpt = _load_policy(run_dir, cfg, env, checkpoint)
+    result = evaluate(
+        env,
+        policy,
+        seed=seed,
+        warmup_s=float(ev.get("warmup_s", 0.0)),
+        video_path=run_dir / "videos" / "eval.mp4" if video else None,
+    )
+    env.close()
+    result = {"task": str(cfg.task.name), "iteration": ckpt["iteration"], "seed": seed, **result}
+    result["pass"] = check_thresholds(result, ev)
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def cmd_train(args: list[str]) -> int:
+    from embodied.checkpoint import latest_checkpoint, load_checkpoint
+    from embodied.logger import RunLogger, plot_learning_curve
+    from embodied.runner import Runner
+    from embodied.workflow import build_algo, build_env, build_policy, checkpoint_meta, set_threads
+
+    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if resume:
+        run_dir, cfg = _load_run(resume)
+        extra = [a for a in args if not a.startswith("resume=")]
+        for a in extra:  # a resumed run may only be extended, not reconfigured
+            if not a.startswith("train."):
+                raise ConfigError(f"resume: only train.* can change when resuming, got {a!r}")
+        cfg.merge_with_dotlist(extra)
+    else:
+        cfg = compose(args)
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / str(cfg.task.name) / stamp
+        if (run_dir / "config.yaml").exists():
+            raise ConfigError(f"{run_dir} already holds a run; use resume={run_dir} to continue it")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    set_threads(cfg)
+    torch.manual_seed(int(cfg.seed))
+    env = build_env(cfg)
+    alg = build_algo(cfg, env, build_policy(cfg, env))
+    start_it, start_steps = 0, 0
+    if resume:
+        path = latest_checkpoint(run_dir)
+        if path is not None:
+            ckpt = load_checkpoint(path, task=str(cfg.task.name), obs_dims=env.obs_dims)
+            try:
+                alg.load_state_dict(ckpt["algo"])
+            except ValueError as e:
+                raise ConfigError(f"{path}: {e}") from None
+            start_it, start_steps = int(ckpt["iteration"]), int(ckpt["total_steps"])
+            print(f"resuming {run_dir} from {path.name} (iteration {start_it})", file=sys.stderr)
+    logger = RunLogger(run_dir, purge_step=start_steps + 1 if resume else None)
+    if resume:
+        logger.truncate_after(start_steps)
+    runner = Runner(
+        env,
+        alg,
+        logger,
+        run_dir,
+        checkpoint_meta=checkpoint_meta(cfg, env),
+        save_interval=int(cfg.train.save_interval),
+    )
+    runner.learn(int(cfg.train.max_iterations), start_it, start_steps)
+    logger.close()
+    env.close()
+    plot_learning_curve(
+        run_dir,
+        (
+            "train/mean_episode_reward",
+            "train/mean_episode_length_s",
+            "env/reward/track_lin_vel_xy_exp",
+            "perf/samples_per_s",
+        ),
+    )
+    if cfg.train.evaluate:
+        result = run_eval(run_dir, cfg, video=bool(cfg.train.video))
+        print(json.dumps(result, indent=2))
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_eval(args: list[str]) -> int:
+    o = _kv(args, {"run": "", "checkpoint": "", "num_envs": 0, "seed": 12345, "video": False}, "eval")
+    run_dir, cfg = _load_run(o["run"])
+    result = run_eval(
+        run_dir,
+        cfg,
+        checkpoint=o["checkpoint"] or None,
+        num_envs=o["num_envs"],
+        seed=o["seed"],
+        video=o["video"],
+    )
+    print(json.dumps(result, indent=2))
+    print(f"saved {run_dir / 'eval.json'}")
+    return 0
+
+
+def cmd_play(args: list[str]) -> int:
+    from embodied.evaluate import write_video
+    from embodied.workflow import build_env, set_threads
+
+    o = _kv(args, {"run": "", "checkpoint": "", "seconds": 10.0, "num_envs": 1, "seed": 0}, "play")
+    run_dir, cfg = _load_run(o["run"])
+    set_threads(cfg)
+    env = build_env(cfg, num_envs=o["num_envs"], seed=o["seed"])
+    policy, _ = _load_policy(run_dir, cfg, env, o["checkpoint"] or None)
+    obs, frames = env.reset(seed=o["seed"]), []
+    with torch.no_grad():
+        for _ in range(int(o["seconds"] / env.dt)):
+            frames.append(env.render([0], 320, 240)[0])
+            obs = env.step(policy(obs["policy"])).obs
+    out = write_video(run_dir / "videos" / "play.mp4", torch.stack(frames), fps=round(1.0 / env.dt))
+    env.close()
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_tasks(args: list[str]) -> int:
+    rows = describe_tasks()
+    width = max(len(r[0]) for r in rows)
+    for name, family, desc in rows:
+        print(f"{name:<{width}}  {family:<12}  {desc}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "play": cmd_play, "tasks": cmd_tasks}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hydra.errors import HydraException
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except (ConfigError, SimConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except (HydraException, OmegaConfBaseException) as e:
+        print("error: " + " ".join(line.strip() for line in str(e).strip().splitlines()[:2]), file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The batched env contract every task and backend meets. All tensors are (N, ...) on env.device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+Obs = dict[str, torch.Tensor]
+
+
+@dataclass
+class StepOut:
+    """One control step of N envs.
+
+    Attributes:
+        obs: groups of observations: "policy" (N, D), "critic" (N, Dc), "rgb" (N, 3, H, W) uint8
+            when cameras are on. For envs that finished this step, obs is already the first
+            observation of the next episode; the last one is in ``info["final_obs"]``.
+        reward: (N,) float32.
+        cost: (N,) float32 safety cost, zeros where a task defines none.
+        terminated: (N,) bool, a true terminal (fall, collision, physics blow-up): no bootstrap.
+        truncated: (N,) bool, time limit: PPO bootstraps the value through it.
+        info: "final_obs" (groups as obs, valid where terminated | truncated) and "log/<name>"
+            scalars (per-term means, counters) for the logger.
+    """
+
+    obs: Obs
+    reward: torch.Tensor
+    cost: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class BatchedEnv(Protocol):
+    """N envs stepped together; done envs reset themselves inside ``step``."""
+
+    num_envs: int
+    obs_dims: dict[str, int]
+    action_dim: int
+    device: torch.device
+    dt: float
+    max_episode_length: int
+
+    def reset(self, mask: torch.Tensor | None = None, *, seed: int | None = None) -> Obs:
+        """Reset envs where mask (N,) is true (all when None); returns obs for all N envs."""
+        ...
+
+    def step(self, action: torch.Tensor) -> StepOut:
+        """action: (N, action_dim) in [-1, 1]."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,127 @@
+"""The training loop: collect -> update -> log -> checkpoint. Parts are passed in, not reached for."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from embodied.algorithms.ppo import PPO
+from embodied.checkpoint import save_checkpoint
+from embodied.env import BatchedEnv, StepOut
+from embodied.logger import RunLogger
+
+
+class EpisodeTracker:
+    """Running returns/lengths per env; the last ``window`` finished episodes give the means."""
+
+    def __init__(self, num_envs: int, device: torch.device, window: int = 200) -> None:
+        self.ret = torch.zeros(num_envs, device=device)
+        self.length = torch.zeros(num_envs, device=device)
+        self.window = window
+        self.finished_ret: list[torch.Tensor] = []
+        self.finished_len: list[torch.Tensor] = []
+        self.log_sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, out: StepOut) -> None:
+        self.ret += out.reward
+        self.length += 1
+        done = out.terminated | out.truncated
+        self.finished_ret.append(self.ret[done])
+        self.finished_len.append(self.length[done])
+        self.ret = torch.where(done, 0.0, self.ret)
+        self.length = torch.where(done, 0.0, self.length)
+        for k, v in out.info.items():
+            if k.startswith("log/"):
+                self.log_sums[k] = self.log_sums.get(k, 0.0) + v
+        self.steps += 1
+
+    def pop(self, dt: float) -> dict[str, float]:
+        """Per-step means of this iteration's logs; episode means once some episode finished."""
+        ret = torch.cat(self.finished_ret)[-self.window :]
+        length = torch.cat(self.finished_len)[-self.window :]
+        stats = {k.replace("log/", "env/", 1): float(v) / self.steps for k, v in self.log_sums.items()}
+        if ret.numel():
+            stats["train/mean_episode_reward"] = ret.mean().item()
+            stats["train/mean_episode_length_s"] = length.mean().item() * dt
+        self.finished_ret, self.finished_len, self.log_sums, self.steps = [ret], [length], {}, 0
+        return stats
+
+
+class Runner:
+    """Trains ``alg`` on ``env`` and checkpoints into ``run_dir/checkpoints``."""
+
+    def __init__(
+        self,
+        env: BatchedEnv,
+        alg: PPO,
+        logger: RunLogger,
+        run_dir: str | Path,
+        *,
+        checkpoint_meta: dict[str, Any],
+        save_interval: int = 50,
+        on_iteration: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        self.env, self.alg, self.logger = env, alg, logger
+        self.run_dir = Path(run_dir)
+        self.meta = checkpoint_meta
+        self.save_interval = save_interval
+        self.on_iteration = on_iteration
+        self.total_steps = 0
+
+    def learn(self, max_iterations: int, start_iteration: int = 0, start_steps: int = 0) -> None:
+        env, alg = self.env, self.alg
+        steps_per_iter = alg.cfg.num_steps_per_env * env.num_envs
+        self.total_steps = start_steps
+        tracker = EpisodeTracker(env.num_envs, env.device)
+        obs = env.reset()
+        alg.train_mode()
+        bar = tqdm(
+            range(start_iteration, max_iterations),
+            initial=start_iteration,
+            total=max_iterations,
+            unit="it",
+            dynamic_ncols=True,
+        )
+        last_reward = float("nan")
+        for it in bar:
+            t0 = time.perf_counter()
+            for _ in range(alg.cfg.num_steps_per_env):
+                out = env.step(alg.act(obs))
+                alg.process_env_step(out)
+                tracker.add(out)
+                obs = out.obs
+            alg.compute_returns(obs)
+            t1 = time.perf_counter()
+            stats = alg.update()
+            t2 = time.perf_counter()
+            self.total_steps += steps_per_iter
+            stats.update(tracker.pop(env.dt))
+            stats["perf/samples_per_s"] = steps_per_iter / (t2 - t0)
+            stats["perf/collection_samples_per_s"] = steps_per_iter / (t1 - t0)
+            stats["perf/update_s"] = t2 - t1
+            stats["perf/iteration"] = it + 1
+            self.logger.log(self.total_steps, stats)
+            last_reward = stats.get("train/mean_episode_reward", last_reward)
+            bar.set_postfix(
+                fps=f"{stats['perf/samples_per_s']:.0f}", reward=f"{last_reward:.2f}", refresh=False
+            )
+            if self.on_iteration is not None:
+                self.on_iteration(it + 1, stats)
+            if (it + 1) % self.save_interval == 0 or it + 1 == max_iterations:
+                self.save(it + 1)
+        bar.close()
+
+    def save(self, iteration: int) -> Path:
+        payload = {
+            **self.meta,
+            "iteration": iteration,
+            "total_steps": self.total_steps,
+            "algo": self.alg.state_dict(),
+        }
+        return save_checkpoint(self.run_dir / "checkpoints" / f"model_{iteration}.pt", payload)

@@ -1,0 +1,174 @@
+"""What every task shares: action clamping, term evaluation, auto-reset, final_obs, blow-up handling.
+
+A task subclasses ``TaskEnv`` and supplies four things: how an action becomes actuator controls,
+the batched state its term functions read, which initial states to reset to, and (optionally)
+per-episode bookkeeping. Rewards, costs, terminations and observations are config-weighted pure
+functions from ``embodied.terms``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from embodied.env import Obs, StepOut
+from embodied.errors import ConfigError
+from embodied.terms import Term, build_terms, weighted_sum
+from embodied.terms.costs import COSTS
+from embodied.terms.observations import OBSERVATIONS
+from embodied.terms.rewards import REWARDS
+from embodied.terms.terminations import TERMINATIONS
+from sim.backend import SimBackend
+
+OBS_CLIP = 100.0
+
+
+class TaskEnv:
+    """BatchedEnv over a SimBackend; subclasses implement the four ``_`` hooks below."""
+
+    def __init__(self, cfg: Mapping[str, Any], backend: SimBackend, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.backend = backend
+        self.num_envs = backend.num_envs
+        self.device = backend.device
+        self.dt = backend.physics_dt * backend.decimation
+        self.max_episode_length = math.ceil(float(cfg["episode_length_s"]) / self.dt)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.episode_length = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        self.rewards = build_terms(cfg.get("rewards"), REWARDS, "reward")
+        self.costs = build_terms(cfg.get("costs"), COSTS, "cost")
+        self.terminations = build_terms(
+            cfg.get("terminations"), TERMINATIONS, "termination", reserved=("weight",)
+        )
+        groups = cfg.get("observations") or {}
+        if "policy" not in groups:
+            raise ConfigError("task config needs an observations.policy group")
+        self.obs_terms = {
+            g: build_terms(spec, OBSERVATIONS, f"observation ({g})", reserved=("scale", "clip"))
+            for g, spec in groups.items()
+        }
+        self.unstable_total = torch.zeros((), dtype=torch.long, device=self.device)
+        self.nan_action_total = torch.zeros((), dtype=torch.long, device=self.device)
+        self.action_dim = backend.info.nu
+        self.state = self._compute_state(torch.zeros(self.num_envs, self.action_dim, device=self.device))
+        self.obs_dims = {g: int(v.shape[-1]) for g, v in self._check_terms().items()}
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _action_to_ctrl(self, action: torch.Tensor) -> torch.Tensor:
+        """(N, A) in [-1, 1] -> (N, nu) actuator controls."""
+        raise NotImplementedError
+
+    def _compute_state(self, action: torch.Tensor) -> Any:
+        """The batched state term functions read, after the action was applied."""
+        raise NotImplementedError
+
+    def _reset_state(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial (qpos (N, nq), qvel (N, nv)); rows where mask is false are ignored."""
+        raise NotImplementedError
+
+    def _on_reset(self, mask: torch.Tensor) -> None:
+        """Per-episode task bookkeeping (commands, targets) for envs where mask is true."""
+
+    def _metrics(self, s: Any) -> dict[str, torch.Tensor]:
+        """Per-env (N,) evaluation metrics of this step, reported as info["metric/<name>"]."""
+        return {}
+
+    # -- contract ------------------------------------------------------------------------------
+    def reset(self, mask: torch.Tensor | None = None, *, seed: int | None = None) -> Obs:
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        if mask is None:
+            mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self._reset(mask.to(self.device))
+        return self._observe(self.state)
+
+    def step(self, action: torch.Tensor) -> StepOut:
+        if action.shape != (self.num_envs, self.action_dim):
+            raise ValueError(
+                f"action must have shape {(self.num_envs, self.action_dim)}, got {tuple(action.shape)}"
+            )
+        # NaN/inf actions are replaced by 0 (the default pose) and counted, never passed to physics.
+        bad = ~torch.isfinite(action).all(dim=-1)
+        self.nan_action_total += bad.sum()
+        action = torch.nan_to_num(action.to(self.device, torch.float32), 0.0, 0.0, 0.0).clamp(-1.0, 1.0)
+        unstable = self.backend.step(self._action_to_ctrl(action))
+        self.unstable_total += unstable.sum()
+        self.episode_length += 1
+        s = self.state = self._compute_state(action)
+
+        log: dict[str, torch.Tensor] = {}
+        reward = weighted_sum(self.rewards, s, self.num_envs, self.device, self.dt, log, "log/reward")
+        cost = weighted_sum(self.costs, s, self.num_envs, self.device, 1.0, log, "log/cost")
+        terminated = unstable.clone()
+        for t in self.terminations:
+            hit = t(s)
+            log[f"log/termination/{t.name}"] = hit.float().mean()
+            terminated |= hit
+        # A blown-up env's state is garbage: no reward from it, and it is reset like a fall.
+        reward = torch.where(unstable, 0.0, reward)
+        truncated = (self.episode_length >= self.max_episode_length) & ~terminated
+        obs = self._observe(s)
+        done = terminated | truncated
+        log["log/sim/unstable_resets"] = unstable.sum()
+        log["log/sim/nan_actions"] = bad.sum()
+        info = {"final_obs": obs, **log, **{f"metric/{k}": v for k, v in self._metrics(s).items()}}
+        if bool(done.any()):
+            self._reset(done)
+            obs = self._observe(self.state)
+        return StepOut(obs, reward, cost, terminated, truncated, info)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def render(
+        self, env_ids: list[int], width: int = 320, height: int = 240, camera: str | int = -1
+    ) -> torch.Tensor:
+        return self.backend.render(env_ids, width, height, camera)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _reset(self, mask: torch.Tensor) -> None:
+        qpos, qvel = self._reset_state(mask)
+        self.backend.reset(mask, qpos, qvel)
+        self.episode_length.masked_fill_(mask, 0)
+        self._on_reset(mask)
+        self.state = self._compute_state(torch.where(mask[:, None], 0.0, self.state.action))
+
+    def _observe(self, s: Any) -> Obs:
+        out = {}
+        for group, terms in self.obs_terms.items():
+            parts = []
+            for t in terms:
+                v = t(s) * float(t.meta.get("scale", 1.0))
+                clip = t.meta.get("clip")
+                parts.append(v.clamp(-clip, clip) if clip is not None else v)
+            out[group] = torch.nan_to_num(torch.cat(parts, dim=-1), 0.0, OBS_CLIP, -OBS_CLIP).clamp(
+                -OBS_CLIP, OBS_CLIP
+            )
+        return out
+
+    def _check_terms(self) -> Obs:
+        """Evaluate every term once, so a term that needs data this model lacks fails at build time."""
+        s = self.state
+        for kind, terms in (
+            ("reward", self.rewards),
+            ("cost", self.costs),
+            ("termination", self.terminations),
+        ):
+            for t in terms:
+                self._try(kind, t, s)
+        for group, terms in self.obs_terms.items():
+            for t in terms:
+                self._try(f"observation ({group})", t, s)
+        return self._observe(s)
+
+    @staticmethod
+    def _try(kind: str, t: Term, s: Any) -> None:
+        try:
+            t(s)
+        except (TypeError, AttributeError) as e:
+            raise ConfigError(
+                f"{kind} term {t.name!r} needs data this robot model does not provide ({e})"
+            ) from None

@@ -1,0 +1,1 @@
+"""Task families: one module each, configured by one file in configs/task/."""

@@ -1,0 +1,72 @@
+"""Observation terms: pure functions of a task's state returning (N, d)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def base_lin_vel(s) -> torch.Tensor:  # 3
+    return s.base_lin_vel
+
+
+def base_ang_vel(s) -> torch.Tensor:  # 3
+    return s.base_ang_vel
+
+
+def projected_gravity(s) -> torch.Tensor:  # 3
+    return s.projected_gravity
+
+
+def velocity_commands(s) -> torch.Tensor:  # 3: vx, vy, yaw rate
+    return s.command
+
+
+def joint_pos_rel(s) -> torch.Tensor:  # num joints
+    return s.joint_pos - s.default_joint_pos
+
+
+def joint_vel(s) -> torch.Tensor:  # num joints
+    return s.joint_vel
+
+
+def last_action(s) -> torch.Tensor:  # action dim
+    return s.action
+
+
+def foot_contact(s) -> torch.Tensor:  # num feet
+    return s.foot_contact.float()
+
+
+def base_height(s) -> torch.Tensor:  # 1
+    return s.base_pos[:, 2:3]
+
+
+def joint_torque(s) -> torch.Tensor:  # num joints
+    return s.joint_torque
+
+
+def qpos_no_xy(s) -> torch.Tensor:  # nq - 2 (gymnasium MuJoCo convention)
+    return s.qpos[:, 2:]
+
+
+def qvel(s) -> torch.Tensor:  # nv
+    return s.qvel
+
+
+OBSERVATIONS = {
+    f.__name__: f
+    for f in (
+        base_lin_vel,
+        base_ang_vel,
+        projected_gravity,
+        velocity_commands,
+        joint_pos_rel,
+        joint_vel,
+        last_action,
+        foot_contact,
+        base_height,
+        joint_torque,
+        qpos_no_xy,
+        qvel,
+    )
+}

@@ -1,0 +1,105 @@
+"""Reward terms: pure functions of a task's state returning (N,). Weights and dt come from the env."""
+
+from __future__ import annotations
+
+import torch
+
+
+def track_lin_vel_xy_exp(s, sigma: float = 0.25) -> torch.Tensor:
+    """exp(-|cmd_xy - v_xy|^2 / sigma), base frame."""
+    err = (s.command[:, :2] - s.base_lin_vel[:, :2]).square().sum(-1)
+    return torch.exp(-err / sigma)
+
+
+def track_ang_vel_z_exp(s, sigma: float = 0.25) -> torch.Tensor:
+    """exp(-(cmd_yaw - w_z)^2 / sigma)."""
+    return torch.exp(-(s.command[:, 2] - s.base_ang_vel[:, 2]).square() / sigma)
+
+
+def lin_vel_z_l2(s) -> torch.Tensor:
+    """Vertical base velocity squared."""
+    return s.base_lin_vel[:, 2].square()
+
+
+def ang_vel_xy_l2(s) -> torch.Tensor:
+    """Roll and pitch rates squared."""
+    return s.base_ang_vel[:, :2].square().sum(-1)
+
+
+def joint_torques_l2(s) -> torch.Tensor:
+    return s.joint_torque.square().sum(-1)
+
+
+def joint_acc_l2(s) -> torch.Tensor:
+    return ((s.joint_vel - s.last_joint_vel) / s.dt).square().sum(-1)
+
+
+def action_rate_l2(s) -> torch.Tensor:
+    return (s.action - s.last_action).square().sum(-1)
+
+
+def feet_air_time(s, threshold: float = 0.5, min_command: float = 0.1) -> torch.Tensor:
+    """Rewards steps longer than ``threshold`` s, paid at touchdown, only while asked to move."""
+    paid = ((s.last_air_time - threshold) * s.first_contact).sum(-1)
+    return paid * (s.command[:, :2].norm(dim=-1) > min_command)
+
+
+def flat_orientation_l2(s) -> torch.Tensor:
+    """Gravity's xy component in the base frame, squared: zero when level."""
+    return s.projected_gravity[:, :2].square().sum(-1)
+
+
+def undesired_contacts(s) -> torch.Tensor:
+    """Number of thigh/calf/trunk geoms touching the ground."""
+    return s.undesired_contact.float().sum(-1)
+
+
+def base_height_l2(s, target: float = 0.3) -> torch.Tensor:
+    return (s.base_pos[:, 2] - target).square()
+
+
+def joint_pos_limits(s) -> torch.Tensor:
+    """How far joints are past their soft limits, summed."""
+    below = (s.joint_pos_limits[:, 0] - s.joint_pos).clamp(min=0.0)
+    above = (s.joint_pos - s.joint_pos_limits[:, 1]).clamp(min=0.0)
+    return (below + above).sum(-1)
+
+
+def joint_deviation_l1(s) -> torch.Tensor:
+    return (s.joint_pos - s.default_joint_pos).abs().sum(-1)
+
+
+def forward_velocity(s) -> torch.Tensor:
+    """World-frame x velocity of the base (gymnasium's Ant forward reward)."""
+    return s.base_lin_vel_world[:, 0]
+
+
+def alive(s) -> torch.Tensor:
+    return torch.ones(s.num_envs, device=s.base_pos.device)
+
+
+def control_l2(s) -> torch.Tensor:
+    return s.action.square().sum(-1)
+
+
+REWARDS = {
+    f.__name__: f
+    for f in (
+        track_lin_vel_xy_exp,
+        track_ang_vel_z_exp,
+        lin_vel_z_l2,
+        ang_vel_xy_l2,
+        joint_torques_l2,
+        joint_acc_l2,
+        action_rate_l2,
+        feet_air_time,
+        flat_orientation_l2,
+        undesired_contacts,
+        base_height_l2,
+        joint_pos_limits,
+        joint_deviation_l1,
+        forward_velocity,
+        alive,
+        control_l2,
+    )
+}

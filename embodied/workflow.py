@@ -1,0 +1,64 @@
+"""Builds the parts of a run (env, policy, algorithm) from a resolved config."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from embodied.algorithms.ppo import PPO, PPOConfig
+from embodied.env import BatchedEnv
+from embodied.errors import ConfigError
+from embodied.registry import make_env
+from policies.actor_critic import ActorCritic
+
+
+def set_threads(cfg: DictConfig) -> None:
+    """Torch intra-op threads from config; one inter-op thread (the sim pool has its own threads)."""
+    torch.set_num_threads(int(cfg.threads.torch))
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already fixed by an earlier parallel op in this process; harmless
+
+
+def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = None) -> BatchedEnv:
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    n = next(v for v in (num_envs, cfg.get("num_envs"), task["num_envs"]) if v is not None)
+    return make_env(
+        task,
+        num_envs=int(n),
+        engine=str(cfg.sim.engine),
+        device=str(cfg.device),
+        nthread=int(cfg.sim.get("nthread", 1)),
+        seed=int(cfg.seed if seed is None else seed),
+    )
+
+
+def build_policy(cfg: DictConfig, env: BatchedEnv) -> ActorCritic:
+    p = OmegaConf.to_container(cfg.policy, resolve=True)
+    if "critic" not in env.obs_dims:
+        raise ConfigError("the task must define an observations.critic group")
+    return ActorCritic(env.obs_dims["policy"], env.obs_dims["critic"], env.action_dim, **p).to(env.device)
+
+
+def build_algo(cfg: DictConfig, env: BatchedEnv, policy: ActorCritic) -> PPO:
+    a: dict[str, Any] = OmegaConf.to_container(cfg.algo, resolve=True)
+    if a.pop("name", "ppo") != "ppo":
+        raise ConfigError(f"unknown algo {cfg.algo.name!r}; available: ppo")
+    known = {f.name for f in fields(PPOConfig)}
+    unknown = sorted(set(a) - known)
+    if unknown:
+        raise ConfigError(f"unknown algo key(s) {', '.join(unknown)}; PPO takes: {', '.join(sorted(known))}")
+    return PPO(policy, env.num_envs, PPOConfig(**a), env.device)
+
+
+def checkpoint_meta(cfg: DictConfig, env: BatchedEnv) -> dict[str, Any]:
+    return {
+        "task": str(cfg.task.name),
+        "obs_dims": dict(env.obs_dims),
+        "action_dim": env.action_dim,
+        "config": OmegaConf.to_yaml(cfg, resolve=True),
+    }

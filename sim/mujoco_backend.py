@@ -1,0 +1,198 @@
+"""CPU MuJoCo backend: N MjData stepped in native threads by ``mujoco.rollout``.
+
+Layout of one control step: the (N, nu) PD targets are copied once into a float64 buffer that
+``rollout`` reads, the thread pool steps every env ``decimation`` physics steps with the GIL
+released, and the last physics state is read back as torch views of the same memory. There is
+no per-env Python work; the only Python cost is O(1) per control step.
+"""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+import torch
+from mujoco import rollout
+
+from sim.assets import load_model
+from sim.backend import SimConfigError
+from sim.model_info import ModelInfo
+from sim.state import SimState
+
+_FULL = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
+
+
+def _state_offset(model: mujoco.MjModel, part: int) -> int:
+    """Column where ``part`` (one mjtState bit) starts inside a FULLPHYSICS state vector."""
+    offset, bit = 0, 1
+    while bit < part:
+        if _FULL & bit:
+            offset += mujoco.mj_stateSize(model, bit)
+        bit <<= 1
+    return offset
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SimConfigError(f"device {dev} was asked for but CUDA is not available on this machine")
+    return dev
+
+
+class MujocoBackend:
+    """N copies of one MJCF model on the CPU, stepped in ``nthread`` native threads."""
+
+    def __init__(
+        self,
+        model_path: str,
+        num_envs: int,
+        device: str | torch.device = "cpu",
+        *,
+        decimation: int = 1,
+        nthread: int = 1,
+        physics_dt: float | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise SimConfigError(f"num_envs must be >= 1, got {num_envs}")
+        if decimation < 1:
+            raise SimConfigError(f"decimation must be >= 1, got {decimation}")
+        if nthread < 1:
+            raise SimConfigError(f"nthread must be >= 1, got {nthread}")
+        self.model = load_model(model_path)
+        if physics_dt is not None:
+            self.model.opt.timestep = physics_dt
+        self.num_envs = num_envs
+        self.device = resolve_device(device)
+        self.decimation = decimation
+        self.physics_dt = float(self.model.opt.timestep)
+        self.nthread = nthread
+        m = self.model
+        self.joint_names = [m.joint(i).name for i in range(m.njnt)]
+        self.actuator_names = [m.actuator(i).name for i in range(m.nu)]
+        self.sensor_names = [m.sensor(i).name for i in range(m.nsensor)]
+        self.info = ModelInfo.from_mujoco(m)
+        self.nq, self.nv, self.nu = m.nq, m.nv, m.nu
+
+        nstate = mujoco.mj_stateSize(m, _FULL)
+        self._qpos_sl = slice(_state_offset(m, 2), _state_offset(m, 2) + m.nq)
+        self._qvel_sl = slice(_state_offset(m, 4), _state_offset(m, 4) + m.nv)
+        self._act_sl = slice(_state_offset(m, 8), _state_offset(m, 8) + m.na)
+
+        # Initial state: keyframe 0 when the model has one, else qpos0.
+        d0 = mujoco.MjData(m)
+        if m.nkey > 0:
+            mujoco.mj_resetDataKeyframe(m, d0, 0)
+        mujoco.mj_forward(m, d0)
+        s0 = np.empty(nstate)
+        mujoco.mj_getState(m, d0, s0, _FULL)
+
+        # float64 buffers shared between numpy (what rollout reads/writes) and torch.
+        self._state_np = np.ascontiguousarray(np.tile(s0, (num_envs, 1)))
+        self._ctrl_np = np.zeros((num_envs, decimation, m.nu))
+        self._out_state_np = np.zeros((num_envs, decimation, nstate))
+        self._out_sens_np = np.zeros((num_envs, decimation, m.nsensordata))
+        self._state = torch.from_numpy(self._state_np)
+        self._ctrl = torch.from_numpy(self._ctrl_np)
+        self._out_state = torch.from_numpy(self._out_state_np)
+        self._out_sens = torch.from_numpy(self._out_sens_np)
+        self._sens = torch.zeros(num_envs, m.nsensordata, dtype=torch.float64)
+        self._out_sens[:, -1] = torch.from_numpy(d0.sensordata.copy())
+        self._sens.copy_(self._out_sens[:, -1])
+
+        self._models = [m] * num_envs
+        self._datas = [mujoco.MjData(m) for _ in range(nthread)]
+        self._pool = rollout.Rollout(nthread=nthread if nthread > 1 else 0)
+        # rollout's last argument divides the batch into nthread * divisor chunks.
+        self._chunk_divisor = 4
+        self._renderer: mujoco.Renderer | None = None
+        self._render_data: mujoco.MjData | None = None
+        self._publish()
+
+    # -- contract ---------------------------------------------------------------------------
+    def step(self, ctrl: torch.Tensor) -> torch.Tensor:
+        """Hold ctrl (N, nu) for ``decimation`` physics steps. Returns (N,) bool: blew up."""
+        if ctrl.shape != (self.num_envs, self.nu):
+            raise ValueError(f"ctrl must be {(self.num_envs, self.nu)}, got {tuple(ctrl.shape)}")
+        self._ctrl.copy_(ctrl.detach().to("cpu", torch.float64).unsqueeze(1).expand_as(self._ctrl))
+        t_expected = self._state[:, 0] + self.decimation * self.physics_dt
+        self._pool.rollout(
+            self._models,
+            self._datas,
+            self._state_np,
+            self._ctrl_np,
+            skip_checks=True,
+            nstep=self.decimation,
+            state=self._out_state_np,
+            sensordata=self._out_sens_np,
+            chunk_size=self._chunk_divisor,
+        )
+        last = self._out_state[:, -1]
+        self._state.copy_(last)
+        self._sens.copy_(self._out_sens[:, -1])
+        # MuJoCo resets an env whose qpos/qvel/qacc went non-finite or huge (and warns); its
+        # clock then restarts, which is how a blow-up is seen here without per-env Python.
+        unstable = (last[:, 0] - t_expected).abs() > 0.5 * self.physics_dt
+        unstable |= ~torch.isfinite(last).all(dim=1) | ~torch.isfinite(self._sens).all(dim=1)
+        self._publish()
+        return unstable.to(self.device)
+
+    def reset(self, mask: torch.Tensor, qpos: torch.Tensor, qvel: torch.Tensor) -> None:
+        """Overwrite the state of envs where mask (N,) is true; other envs are untouched."""
+        m = mask.to("cpu").bool()[:, None]
+        st = self._state
+        st[:, self._qpos_sl] = torch.where(m, qpos.to("cpu", torch.float64), st[:, self._qpos_sl])
+        st[:, self._qvel_sl] = torch.where(m, qvel.to("cpu", torch.float64), st[:, self._qvel_sl])
+        st[:, self._act_sl] = torch.where(m, 0.0, st[:, self._act_sl])
+        st[:, 0] = torch.where(m[:, 0], 0.0, st[:, 0])
+        # Sensors of a freshly reset env are unknown until it is stepped: zeros, not stale values.
+        self._sens.masked_fill_(m, 0.0)
+        self._publish()
+
+    def state(self) -> SimState:
+        return self._view
+
+    def sensor(self, name: str) -> slice:
+        try:
+            sid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SENSOR, name)
+        except ValueError:
+            sid = -1
+        if sid < 0:
+            raise SimConfigError(f"model has no sensor named {name!r}")
+        adr = int(self.model.sensor_adr[sid])
+        return slice(adr, adr + int(self.model.sensor_dim[sid]))
+
+    def render(self, env_ids: list[int], width: int, height: int, camera: str | int = -1) -> torch.Tensor:
+        """Frames of the chosen envs, (n, 3, H, W) uint8; not on the training hot path."""
+        if self._renderer is None or (self._renderer.width, self._renderer.height) != (width, height):
+            if self._renderer is not None:
+                self._renderer.close()
+            self.model.vis.global_.offwidth = max(width, self.model.vis.global_.offwidth)
+            self.model.vis.global_.offheight = max(height, self.model.vis.global_.offheight)
+            self._renderer = mujoco.Renderer(self.model, height=height, width=width)
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            self._render_data = mujoco.MjData(self.model)
+        frames = []
+        for i in env_ids:
+            mujoco.mj_setState(self.model, self._render_data, self._state_np[i], _FULL)
+            mujoco.mj_forward(self.model, self._render_data)
+            self._renderer.update_scene(self._render_data, camera=camera)
+            frames.append(torch.from_numpy(self._renderer.render().copy()))
+        return torch.stack(frames).permute(0, 3, 1, 2).contiguous().to(self.device)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    # -- internals --------------------------------------------------------------------------
+    def _publish(self) -> None:
+        f32 = dict(device=self.device, dtype=torch.float32)
+        self._view = SimState(
+            qpos=self._state[:, self._qpos_sl].to(**f32),
+            qvel=self._state[:, self._qvel_sl].to(**f32),
+            sensordata=self._sens.to(**f32),
+            time=self._state[:, 0].to(**f32),
+        )

@@ -20,6 +20,8 @@ USAGE = """usage: embodied <command> [key=value ...]
   train   [task=go2_velocity sim=mujoco algo=ppo key=value ...] [resume=<run dir>]
   eval    run=<run dir> [checkpoint=<file>] [num_envs=N] [seed=S] [video=true]
   play    run=<run dir> [checkpoint=<file>] [seconds=10] [num_envs=1]
+  export  run=<run dir> [checkpoint=<file>]   writes exported/policy.onnx, policy.ts, deploy.yaml
+  sim2sim run=<run dir> [target=mujoco] [perturb=<preset>] [episodes=20] [seed=0]   PASS/FAIL, exit 1 on FAIL
   tasks   list the registered tasks"""
 
 
@@ -168,7 +170,26 @@ def cmd_train(args: list[str]) -> int:
     if cfg.train.evaluate:
         result = run_eval(run_dir, cfg, video=bool(cfg.train.video))
         print(json.dumps(result, indent=2))
+    if cfg.train.get("export", False):
+        print(f"exported {_export(run_dir, None)}")
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def _export(run_dir: Path, checkpoint: str | None) -> Path:
+    from embodied.export import ExportError, export_run
+
+    try:
+        return export_run(run_dir, Path(checkpoint) if checkpoint else None)
+    except ExportError as e:
+        raise ConfigError(f"export refused: {e}") from None
+
+
+def cmd_export(args: list[str]) -> int:
+    o = _kv(args, {"run": "", "checkpoint": ""}, "export")
+    run_dir, _ = _load_run(o["run"])
+    out = _export(run_dir, o["checkpoint"] or None)
+    print(f"wrote {out / 'policy.onnx'}, {out / 'policy.ts'} and {out / 'deploy.yaml'}")
     return 0
 
 
@@ -208,6 +229,26 @@ def cmd_play(args: list[str]) -> int:
     return 0
 
 
+def cmd_sim2sim(args: list[str]) -> int:
+    from embodied.sim2sim import sim2sim
+
+    o = _kv(args, {"run": "", "target": "mujoco", "perturb": "nominal", "episodes": 0, "seed": 0}, "sim2sim")
+    run_dir, _ = _load_run(o["run"])
+    r = sim2sim(
+        run_dir, target=o["target"], preset_name=o["perturb"], episodes=o["episodes"] or None, seed=o["seed"]
+    )
+    print(
+        f"sim2sim {r['target_engine']} perturb={r['preset']}: {r['episodes']} episodes, falls {r['falls']} "
+        f"(training engine {r['training_engine_falls']}), tracking error {r['tracking_error']:.3f} m/s vs "
+        f"{r['training_engine_tracking_error']:.3f} m/s in training (ratio {r['tracking_ratio']:.2f}), "
+        f"limit hits {r['limit_hits']}"
+    )
+    th = r["thresholds"]
+    need = f"falls <= {th['max_falls']}, ratio <= {th['max_tracking_ratio']}"
+    print(f"{r['verdict']} (needs {need}); see {r['out_dir']}")
+    return 0 if r["verdict"] == "PASS" else 1
+
+
 def cmd_tasks(args: list[str]) -> int:
     rows = describe_tasks()
     width = max(len(r[0]) for r in rows)
@@ -216,7 +257,14 @@ def cmd_tasks(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "play": cmd_play, "tasks": cmd_tasks}
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "play": cmd_play,
+    "export": cmd_export,
+    "sim2sim": cmd_sim2sim,
+    "tasks": cmd_tasks,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,4 +53,10 @@ class BatchedEnv(Protocol):
         """action: (N, action_dim) in [-1, 1]."""
         ...
 
+    def render(
+        self, env_ids: list[int], width: int = 320, height: int = 240, camera: str | int | None = None
+    ) -> torch.Tensor:
+        """(n, 3, H, W) uint8 offscreen frames of the chosen envs."""
+        ...
+
     def close(self) -> None: ...

@@ -22,7 +22,7 @@ def evaluate(
     warmup_s: float = 0.0,
     video_path: str | Path | None = None,
     video_size: tuple[int, int] = (320, 240),
-    camera: str | int = -1,
+    camera: str | int | None = None,
 ) -> dict[str, Any]:
     """Run one episode per env with ``policy(obs["policy"]) -> action``.
 

@@ -21,7 +21,8 @@ from embodied.terms.costs import COSTS
 from embodied.terms.observations import OBSERVATIONS
 from embodied.terms.rewards import REWARDS
 from embodied.terms.terminations import TERMINATIONS
-from sim.backend import SimBackend
+from sim.backend import SimBackend, SimConfigError
+from sim.randomize import RANGES, PhysicsParams, check_config, sample_physics
 
 OBS_CLIP = 100.0
 
@@ -47,14 +48,17 @@ class TaskEnv:
         if "policy" not in groups:
             raise ConfigError("task config needs an observations.policy group")
         self.obs_terms = {
-            g: build_terms(spec, OBSERVATIONS, f"observation ({g})", reserved=("scale", "clip"))
+            g: build_terms(spec, OBSERVATIONS, f"observation ({g})", reserved=("scale", "clip", "noise"))
             for g, spec in groups.items()
         }
         self.unstable_total = torch.zeros((), dtype=torch.long, device=self.device)
         self.nan_action_total = torch.zeros((), dtype=torch.long, device=self.device)
         self.action_dim = backend.info.nu
+        self._init_randomization(dict(cfg.get("randomization") or {}))
+        self.camera = cfg.get("camera", -1)
         self.state = self._compute_state(torch.zeros(self.num_envs, self.action_dim, device=self.device))
         self.obs_dims = {g: int(v.shape[-1]) for g, v in self._check_terms().items()}
+        self._reset(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
 
     # -- hooks ---------------------------------------------------------------------------------
     def _action_to_ctrl(self, action: torch.Tensor) -> torch.Tensor:
@@ -71,6 +75,9 @@ class TaskEnv:
 
     def _on_reset(self, mask: torch.Tensor) -> None:
         """Per-episode task bookkeeping (commands, targets) for envs where mask is true."""
+
+    def _disturb(self) -> None:
+        """Random external disturbances before a physics step (pushes); none by default."""
 
     def _metrics(self, s: Any) -> dict[str, torch.Tensor]:
         """Per-env (N,) evaluation metrics of this step, reported as info["metric/<name>"]."""
@@ -94,7 +101,8 @@ class TaskEnv:
         bad = ~torch.isfinite(action).all(dim=-1)
         self.nan_action_total += bad.sum()
         action = torch.nan_to_num(action.to(self.device, torch.float32), 0.0, 0.0, 0.0).clamp(-1.0, 1.0)
-        unstable = self.backend.step(self._action_to_ctrl(action))
+        self._disturb()
+        unstable = self.backend.step(self._action_to_ctrl(self._delay(action)))
         self.unstable_total += unstable.sum()
         self.episode_length += 1
         s = self.state = self._compute_state(action)
@@ -112,6 +120,7 @@ class TaskEnv:
         truncated = (self.episode_length >= self.max_episode_length) & ~terminated
         obs = self._observe(s)
         done = terminated | truncated
+        log.update(self._dr_log)
         log["log/sim/unstable_resets"] = unstable.sum()
         log["log/sim/nan_actions"] = bad.sum()
         info = {"final_obs": obs, **log, **{f"metric/{k}": v for k, v in self._metrics(s).items()}}
@@ -124,12 +133,78 @@ class TaskEnv:
         self.backend.close()
 
     def render(
-        self, env_ids: list[int], width: int = 320, height: int = 240, camera: str | int = -1
+        self, env_ids: list[int], width: int = 320, height: int = 240, camera: str | int | None = None
     ) -> torch.Tensor:
-        return self.backend.render(env_ids, width, height, camera)
+        """(n, 3, H, W) uint8 frames of the chosen envs from ``camera`` (default: the task's)."""
+        return self.backend.render(env_ids, width, height, self.camera if camera is None else camera)
+
+    def obs_layout(self, group: str = "policy") -> list[dict[str, Any]]:
+        """Each observation term of a group in order: name, dim, scale, clip (for export/deploy)."""
+        return [
+            {
+                "name": t.name,
+                "dim": int(t(self.state).shape[-1]),
+                "scale": float(t.meta.get("scale", 1.0)),
+                "clip": None if t.meta.get("clip") is None else float(t.meta["clip"]),
+            }
+            for t in self.obs_terms[group]
+        ]
+
+    def action_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(offset, scale), each (A,): actuator control = offset + scale * clamp(action, -1, 1)."""
+        raise NotImplementedError
 
     # -- internals -----------------------------------------------------------------------------
+    def _init_randomization(self, r: dict[str, Any]) -> None:
+        """Physics factors (sim/randomize.py) and action latency, resampled per env at reset."""
+        try:
+            check_config(r, known=("latency_steps", "push"))
+        except SimConfigError as e:
+            raise ConfigError(str(e)) from None
+        self.rand_cfg = r
+        n, dev = self.num_envs, self.device
+        self._randomize_physics = any(k in r for k in (*RANGES, "com_offset"))
+        if self._randomize_physics and not hasattr(self.backend, "set_physics"):
+            raise ConfigError(f"the {type(self.backend).__name__} cannot randomize physics (no set_physics)")
+        self.physics = PhysicsParams.nominal(
+            n, self.backend.info.nbody if self._randomize_physics else 1, dev
+        )
+        lo, hi = (int(v) for v in r.get("latency_steps", (0, 0)))
+        if not 0 <= lo <= hi:
+            raise ConfigError(
+                f"randomization.latency_steps must be [lo, hi] with 0 <= lo <= hi, got [{lo}, {hi}]"
+            )
+        self.latency_range = (lo, hi)
+        self.latency = torch.zeros(n, dtype=torch.long, device=dev)
+        self._action_buf = torch.zeros(n, hi + 1, self.action_dim, device=dev)
+        self._dr_log: dict[str, torch.Tensor] = {}
+
+    def _delay(self, action: torch.Tensor) -> torch.Tensor:
+        """The action each env's actuators receive: ``latency`` control steps old."""
+        if self.latency_range[1] == 0:
+            return action
+        self._action_buf = torch.cat([action[:, None], self._action_buf[:, :-1]], dim=1)
+        return self._action_buf[torch.arange(self.num_envs, device=self.device), self.latency]
+
+    def _resample_randomization(self, mask: torch.Tensor) -> None:
+        n, g, dev = self.num_envs, self.generator, self.device
+        if self._randomize_physics:
+            new = sample_physics(self.rand_cfg, n, self.physics.mass_scale.shape[1], g, dev)
+            for name in PhysicsParams.__dataclass_fields__:
+                cur, fresh = getattr(self.physics, name), getattr(new, name)
+                m = mask.view(-1, *([1] * (cur.dim() - 1)))
+                setattr(self.physics, name, torch.where(m, fresh, cur))
+            self.backend.set_physics(mask, self.physics)
+            self._dr_log = {f"log/dr/{k}": v for k, v in self.physics.means().items()}
+        lo, hi = self.latency_range
+        if hi > 0:
+            lat = torch.randint(lo, hi + 1, (n,), generator=g, device=dev)
+            self.latency = torch.where(mask, lat, self.latency)
+            self._action_buf = torch.where(mask[:, None, None], 0.0, self._action_buf)
+            self._dr_log["log/dr/latency_steps"] = self.latency.float().mean()
+
     def _reset(self, mask: torch.Tensor) -> None:
+        self._resample_randomization(mask)
         qpos, qvel = self._reset_state(mask)
         self.backend.reset(mask, qpos, qvel)
         self.episode_length.masked_fill_(mask, 0)
@@ -141,7 +216,14 @@ class TaskEnv:
         for group, terms in self.obs_terms.items():
             parts = []
             for t in terms:
-                v = t(s) * float(t.meta.get("scale", 1.0))
+                v = t(s)
+                noise = float(t.meta.get("noise", 0.0))
+                if noise > 0.0:
+                    v = (
+                        v
+                        + (torch.rand(v.shape, generator=self.generator, device=self.device) * 2 - 1) * noise
+                    )
+                v = v * float(t.meta.get("scale", 1.0))
                 clip = t.meta.get("clip")
                 parts.append(v.clamp(-clip, clip) if clip is not None else v)
             out[group] = torch.nan_to_num(torch.cat(parts, dim=-1), 0.0, OBS_CLIP, -OBS_CLIP).clamp(

@@ -13,7 +13,7 @@ class ModelInfo:
     """Static description of one robot model, in actuator order where it says so.
 
     Attributes:
-        nq, nv, nu: sizes of qpos, qvel and ctrl.
+        nq, nv, nu, nbody: sizes of qpos, qvel and ctrl, and the number of bodies (world included).
         floating_base: the first joint is a free joint (qpos[:7] = xyz + quat wxyz).
         actuated_joints: joint names driven by each actuator, in actuator order.
         actuator_names: actuator names.
@@ -28,6 +28,7 @@ class ModelInfo:
     nq: int
     nv: int
     nu: int
+    nbody: int
     floating_base: bool
     actuated_joints: list[str]
     actuator_names: list[str]
@@ -70,6 +71,7 @@ class ModelInfo:
             nq=m.nq,
             nv=m.nv,
             nu=m.nu,
+            nbody=m.nbody,
             floating_base=m.njnt > 0 and m.jnt_type[0] == mujoco.mjtJoint.mjJNT_FREE,
             actuated_joints=[m.joint(int(j)).name for j in jids],
             actuator_names=[m.actuator(i).name for i in range(m.nu)],

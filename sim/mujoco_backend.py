@@ -8,6 +8,8 @@ no per-env Python work; the only Python cost is O(1) per control step.
 
 from __future__ import annotations
 
+import copy
+
 import mujoco
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ from mujoco import rollout
 from sim.assets import load_model
 from sim.backend import SimConfigError
 from sim.model_info import ModelInfo
+from sim.randomize import PhysicsParams
 from sim.state import SimState
 
 _FULL = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
@@ -98,7 +101,8 @@ class MujocoBackend:
         self._out_sens[:, -1] = torch.from_numpy(d0.sensordata.copy())
         self._sens.copy_(self._out_sens[:, -1])
 
-        self._models = [m] * num_envs
+        self._models = [m] * num_envs  # one shared model until set_physics gives each env its own
+        self._nominal: dict[str, np.ndarray] | None = None
         self._datas = [mujoco.MjData(m) for _ in range(nthread)]
         self._pool = rollout.Rollout(nthread=nthread if nthread > 1 else 0)
         # rollout's last argument divides the batch into nthread * divisor chunks.
@@ -136,16 +140,61 @@ class MujocoBackend:
         return unstable.to(self.device)
 
     def reset(self, mask: torch.Tensor, qpos: torch.Tensor, qvel: torch.Tensor) -> None:
-        """Overwrite the state of envs where mask (N,) is true; other envs are untouched."""
+        """Start new episodes where mask (N,) is true: state, actuator state and clock."""
         m = mask.to("cpu").bool()[:, None]
         st = self._state
-        st[:, self._qpos_sl] = torch.where(m, qpos.to("cpu", torch.float64), st[:, self._qpos_sl])
-        st[:, self._qvel_sl] = torch.where(m, qvel.to("cpu", torch.float64), st[:, self._qvel_sl])
         st[:, self._act_sl] = torch.where(m, 0.0, st[:, self._act_sl])
         st[:, 0] = torch.where(m[:, 0], 0.0, st[:, 0])
         # Sensors of a freshly reset env are unknown until it is stepped: zeros, not stale values.
         self._sens.masked_fill_(m, 0.0)
+        self.set_state(mask, qpos, qvel)
+
+    def set_state(self, mask: torch.Tensor, qpos: torch.Tensor, qvel: torch.Tensor) -> None:
+        """Overwrite qpos (N, nq) and qvel (N, nv) where mask is true (pushes use this)."""
+        m = mask.to("cpu").bool()[:, None]
+        st = self._state
+        st[:, self._qpos_sl] = torch.where(m, qpos.to("cpu", torch.float64), st[:, self._qpos_sl])
+        st[:, self._qvel_sl] = torch.where(m, qvel.to("cpu", torch.float64), st[:, self._qvel_sl])
         self._publish()
+
+    def set_physics(self, mask: torch.Tensor, params: PhysicsParams) -> None:
+        """Apply per-env randomization factors to the masked envs' own model copies.
+
+        The first call gives every env its own MjModel (rollout takes one model per env). The
+        loop below runs only over envs being reset, never per step.
+        """
+        if self._nominal is None:
+            m = self.model
+            self._nominal = {
+                "friction": m.geom_friction[:, 0].copy(),
+                "mass": m.body_mass.copy(),
+                "inertia": m.body_inertia.copy(),
+                "ipos": m.body_ipos.copy(),
+                "kp": self.info.kp.copy(),
+                "kd": self.info.kd.copy(),
+                "forcerange": m.actuator_forcerange.copy(),
+            }
+            self._models = [copy.copy(m) for _ in range(self.num_envs)]
+        nom = self._nominal
+        servo = self.info.kp > 0
+        base = int(self.model.jnt_bodyid[0]) if self.info.floating_base else -1
+        idx = mask.to("cpu").nonzero().flatten()
+        p = {
+            k: getattr(params, k)[idx].to("cpu", torch.float64).numpy()
+            for k in PhysicsParams.__dataclass_fields__
+        }
+        for j, i in enumerate(idx.tolist()):
+            m = self._models[i]
+            m.geom_friction[:, 0] = nom["friction"] * p["friction"][j]
+            m.body_mass[:] = nom["mass"] * p["mass_scale"][j]
+            m.body_inertia[:] = nom["inertia"] * p["mass_scale"][j][:, None]
+            if base >= 0:
+                m.body_ipos[base] = nom["ipos"][base] + p["com_offset"][j]
+            kp, kd = nom["kp"] * p["kp_scale"][j], nom["kd"] * p["kd_scale"][j]
+            m.actuator_gainprm[servo, 0] = kp[servo]
+            m.actuator_biasprm[servo, 1] = -kp[servo]
+            m.actuator_biasprm[servo, 2] = -kd[servo]
+            m.actuator_forcerange[:] = nom["forcerange"] * p["motor_strength"][j]
 
     def state(self) -> SimState:
         return self._view

@@ -79,8 +79,15 @@ class LocomotionEnv(TaskEnv):
         self.torque_limits = torch.as_tensor(info.force_range[:, 1], dtype=torch.float32, device=dev)
         cr = torch.as_tensor(info.ctrl_range, dtype=torch.float32, device=dev)
         self._ctrl_lo, self._ctrl_hi = cr[:, 0], cr[:, 1]
-        if self.action_mode == "direct" and not torch.isfinite(cr).all():
+        if self.action_mode == "joint_position":
+            self._affine = (
+                self.default_joint_pos,
+                torch.full_like(self.default_joint_pos, self.action_scale),
+            )
+        elif not torch.isfinite(cr).all():
             raise ConfigError("action_mode 'direct' needs every actuator to have a ctrlrange")
+        else:
+            self._affine = (0.5 * (cr[:, 0] + cr[:, 1]), 0.5 * (cr[:, 1] - cr[:, 0]))
 
         self.command_ranges = self._parse_command_ranges(cfg.get("commands") or {}, dev)
         self.zero_command_prob = float((cfg.get("commands") or {}).get("zero_prob", 0.0))
@@ -97,9 +104,11 @@ class LocomotionEnv(TaskEnv):
 
     # -- hooks ---------------------------------------------------------------------------------
     def _action_to_ctrl(self, action: torch.Tensor) -> torch.Tensor:
-        if self.action_mode == "joint_position":
-            return self.default_joint_pos + self.action_scale * action
-        return self._ctrl_lo + 0.5 * (action + 1.0) * (self._ctrl_hi - self._ctrl_lo)
+        offset, scale = self._affine
+        return offset + scale * action
+
+    def action_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._affine
 
     def _compute_state(self, action: torch.Tensor) -> LocoState:
         sim = self.backend.state()
@@ -172,6 +181,26 @@ class LocomotionEnv(TaskEnv):
         self.command = torch.where(mask[:, None], cmd, self.command)
         self.air_time = torch.where(mask[:, None], 0.0, self.air_time)
         self.last_joint_vel = torch.where(mask[:, None], 0.0, self.last_joint_vel)
+
+    def _disturb(self) -> None:
+        """Random pushes: every ``push.interval_s`` each env's base gets a random xy velocity kick."""
+        push = self.rand_cfg.get("push")
+        if not push:
+            return
+        unknown = set(push) - {"interval_s", "max_vel"}
+        if unknown:
+            raise ConfigError(
+                f"randomization.push has unknown keys {sorted(unknown)}; known: interval_s, max_vel"
+            )
+        every = max(1, round(float(push["interval_s"]) / self.dt))
+        due = (self.episode_length > 0) & (self.episode_length % every == 0)
+        if not bool(due.any()):
+            return
+        st = self.backend.state()
+        kick = torch.rand(self.num_envs, 2, generator=self.generator, device=self.device) * 2 - 1
+        qvel = st.qvel.clone()
+        qvel[:, 0:2] += kick * float(push["max_vel"]) * due[:, None]
+        self.backend.set_state(due, st.qpos, qvel)
 
     def _metrics(self, s: LocoState) -> dict[str, torch.Tensor]:
         return {

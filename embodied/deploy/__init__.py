@@ -1,0 +1,42 @@
+"""Robot-side deployment: read deploy.yaml + policy.onnx and drive a robot (no torch, no training code).
+
+`DeployRunner` (needs onnxruntime) and `MujocoRobot` (needs mujoco) load on first use, so a robot
+that only validates a manifest needs neither.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from embodied.deploy.manifest import DeployError, Manifest, ObsTerm, load_manifest
+from embodied.deploy.observations import ObservationBuilder
+from embodied.deploy.robot import RobotInterface, RobotReading
+
+_LAZY = {
+    "DeployRunner": "embodied.deploy.runner",
+    "MujocoRobot": "embodied.deploy.mujoco_robot",
+    "Perturbation": "embodied.deploy.mujoco_robot",
+    "BaseState": "embodied.deploy.mujoco_robot",
+}
+
+__all__ = [
+    "BaseState",
+    "DeployError",
+    "DeployRunner",
+    "Manifest",
+    "MujocoRobot",
+    "ObsTerm",
+    "ObservationBuilder",
+    "Perturbation",
+    "RobotInterface",
+    "RobotReading",
+    "load_manifest",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'embodied.deploy' has no attribute {name!r}")

@@ -1,0 +1,297 @@
+"""`deploy.yaml` (schema v1, docs/deploy_schema.md): load, validate, and check the ONNX file's hash."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from embodied.errors import ConfigError
+
+SCHEMA_VERSION = 1
+JOINT_WIDE = "num_joints"
+# Observation terms a robot-side builder knows, with their raw width (JOINT_WIDE: one per joint).
+OBS_TERM_DIMS: dict[str, int | str] = dict.fromkeys(
+    ("base_lin_vel", "base_ang_vel", "projected_gravity", "velocity_commands"), 3
+) | dict.fromkeys(("joint_pos_rel", "joint_vel", "last_action"), JOINT_WIDE)
+COMMAND_KEYS = ("lin_vel_x", "lin_vel_y", "ang_vel_yaw")
+
+
+class DeployError(ConfigError):
+    """A deploy manifest, policy file or robot cannot be used as given (one-line message)."""
+
+
+def one_line(text: object) -> str:
+    """Collapse any whitespace (newlines included) so an error message stays on one line."""
+    return " ".join(str(text).split())
+
+
+@dataclass(frozen=True)
+class ObsTerm:
+    name: str
+    dim: int  # raw width of one sample
+    scale: float | tuple[float, ...]  # a scalar or one factor per element
+    clip: float | None  # None: no per-term clipping
+    history: int  # samples stacked oldest-first
+
+    @property
+    def width(self) -> int:
+        """Width of this term in the observation vector: dim * history."""
+        return self.dim * self.history
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    onnx: str  # file name relative to deploy.yaml
+    onnx_sha256: str
+    torchscript: str | None
+    input_name: str
+    input_dim: int
+    joint_targets_dim: int
+    actions_dim: int
+
+
+@dataclass(frozen=True)
+class JointsSpec:
+    names: tuple[str, ...]  # policy (= actuator) order; every list below follows it
+    default_positions: tuple[float, ...]
+    kp: tuple[float, ...]
+    kd: tuple[float, ...]
+    torque_limits: tuple[float, ...]
+    position_limits: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    dt: float
+    physics_dt: float
+    decimation: int
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    offset: tuple[float, ...]
+    scale: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path  # the deploy.yaml it was read from
+    schema_version: int
+    task: str
+    policy: PolicySpec
+    joints: JointsSpec
+    control: ControlSpec
+    action: ActionSpec
+    observations: tuple[ObsTerm, ...]
+    commands: dict[str, tuple[float, float]]  # lin_vel_x, lin_vel_y, ang_vel_yaw -> (low, high)
+    obs_clip: float | None
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path.parent / self.policy.onnx
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.joints.names)
+
+    @property
+    def obs_dim(self) -> int:
+        return sum(t.width for t in self.observations)
+
+
+_MISSING = object()
+
+
+class _Reader:
+    """Typed access to the parsed YAML by key path ("joints.kp", "observations[2].clip")."""
+
+    def __init__(self, path: Path, root: Any = None):
+        self.path, self.root = path, root
+
+    def fail(self, msg: str) -> DeployError:
+        return DeployError(one_line(f"{self.path}: {msg}"))
+
+    def get(self, path: str, *, required: bool = True) -> Any:
+        node, where = self.root, ""
+        for tok in re.findall(r"\[\d+\]|[^.\[\]]+", path):
+            if tok.startswith("["):
+                i = int(tok[1:-1])
+                node = node[i] if isinstance(node, list) and i < len(node) else _MISSING
+                where += tok
+            else:
+                if node is not _MISSING and not isinstance(node, dict):
+                    raise self.fail(f"{where or 'top level'} must be a mapping, got {type(node).__name__}")
+                node = _MISSING if node is _MISSING else node.get(tok, _MISSING)
+                where = f"{where}.{tok}" if where else tok
+            if node is _MISSING:
+                if required:
+                    raise self.fail(f"missing required key {where!r}")
+                return None
+        return node
+
+    def num(self, path: str, *, positive: bool = False, nullable: bool = False) -> float | None:
+        v = self.get(path)
+        if v is None and nullable:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise self.fail(f"{path} must be a finite number, got {v!r}")
+        if positive and v <= 0:
+            raise self.fail(f"{path} must be > 0, got {v!r}")
+        return float(v)
+
+    def integer(self, path: str) -> int:
+        v = self.get(path)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise self.fail(f"{path} must be an integer >= 1, got {v!r}")
+        return v
+
+    def text(self, path: str, *, required: bool = True) -> str | None:
+        v = self.get(path, required=required)
+        if v is None and not required:
+            return None
+        if not isinstance(v, str) or not v:
+            raise self.fail(f"{path} must be a non-empty string, got {v!r}")
+        return v
+
+    def nums(self, path: str, n: int, *, positive: bool = False, what: str = "joints.names") -> tuple:
+        v = self.get(path)
+        if not isinstance(v, list) or len(v) != n:
+            got = f"{len(v)} entries" if isinstance(v, list) else repr(v)
+            raise self.fail(f"{path} must be a list of {n} numbers ({what} has {n}), got {got}")
+        return tuple(self.num(f"{path}[{i}]", positive=positive) for i in range(n))
+
+    def pair(self, path: str) -> tuple[float, float]:
+        lo, hi = self.nums(path, 2, what="[low, high]")
+        if lo > hi:
+            raise self.fail(f"{path} has low {lo} > high {hi}")
+        return lo, hi
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a deploy.yaml (schema v1); raise DeployError with a one-line message."""
+    path = Path(path)
+    r = _Reader(path)
+    if not path.is_file():
+        raise r.fail("deploy.yaml not found")
+    try:
+        r.root = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise r.fail(f"not valid YAML: {e}") from None
+    version = r.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise r.fail(f"unknown deploy.yaml schema_version {version}; this runner reads {SCHEMA_VERSION}")
+    joints = _joints(r)
+    n = len(joints.names)
+    control = ControlSpec(
+        dt=r.num("control.dt", positive=True),
+        physics_dt=r.num("control.physics_dt", positive=True),
+        decimation=r.integer("control.decimation"),
+    )
+    if not math.isclose(control.dt, control.physics_dt * control.decimation, rel_tol=1e-6):
+        raise r.fail(
+            f"control.dt {control.dt} != physics_dt {control.physics_dt} * decimation {control.decimation}"
+        )
+    m = Manifest(
+        path=path,
+        schema_version=version,
+        task=r.text("task"),
+        policy=_policy(r, n),
+        joints=joints,
+        control=control,
+        action=ActionSpec(offset=r.nums("action.offset", n), scale=r.nums("action.scale", n)),
+        observations=_observations(r, n),
+        commands={k: r.pair(f"commands.{k}") for k in COMMAND_KEYS},
+        obs_clip=r.num("obs_clip", positive=True, nullable=True),
+    )
+    if m.obs_dim != m.policy.input_dim:
+        widths = " + ".join(f"{t.name} {t.width}" for t in m.observations)
+        raise r.fail(
+            f"observation terms sum to {m.obs_dim} ({widths}) but policy.input.dim is {m.policy.input_dim}"
+        )
+    _check_hash(r, m)
+    return m
+
+
+def _joints(r: _Reader) -> JointsSpec:
+    names = r.get("joints.names")
+    if not isinstance(names, list) or not names or not all(isinstance(x, str) and x for x in names):
+        raise r.fail(f"joints.names must be a non-empty list of names, got {names!r}")
+    dup = sorted({x for x in names if names.count(x) > 1})
+    if dup:
+        raise r.fail(f"joints.names repeats {dup}")
+    n = len(names)
+    limits = r.get("joints.position_limits")
+    if not isinstance(limits, list) or len(limits) != n:
+        raise r.fail(f"joints.position_limits must be a list of {n} [low, high] pairs (joints.names has {n})")
+    return JointsSpec(
+        names=tuple(names),
+        default_positions=r.nums("joints.default_positions", n),
+        kp=r.nums("joints.kp", n),
+        kd=r.nums("joints.kd", n),
+        torque_limits=r.nums("joints.torque_limits", n, positive=True),
+        position_limits=tuple(r.pair(f"joints.position_limits[{i}]") for i in range(n)),
+    )
+
+
+def _policy(r: _Reader, n: int) -> PolicySpec:
+    dims = {k: r.integer(f"policy.outputs.{k}.dim") for k in ("joint_targets", "actions")}
+    for k, dim in dims.items():
+        if dim != n:
+            raise r.fail(f"policy.outputs.{k}.dim is {dim} but joints.names has {n} joints")
+    return PolicySpec(
+        onnx=r.text("policy.onnx"),
+        onnx_sha256=r.text("policy.onnx_sha256").lower(),
+        torchscript=r.text("policy.torchscript", required=False),  # the robot side reads only the ONNX file
+        input_name=r.text("policy.input.name"),
+        input_dim=r.integer("policy.input.dim"),
+        joint_targets_dim=dims["joint_targets"],
+        actions_dim=dims["actions"],
+    )
+
+
+def _observations(r: _Reader, n: int) -> tuple[ObsTerm, ...]:
+    terms = r.get("observations")
+    if not isinstance(terms, list) or not terms:
+        raise r.fail("observations must be a non-empty list of terms")
+    out = []
+    for i in range(len(terms)):
+        at = f"observations[{i}]"
+        name = r.text(f"{at}.name")
+        if name not in OBS_TERM_DIMS:
+            raise r.fail(f"{at}: unknown observation term {name!r}; known: {', '.join(OBS_TERM_DIMS)}")
+        dim = r.integer(f"{at}.dim")
+        want = n if OBS_TERM_DIMS[name] == JOINT_WIDE else OBS_TERM_DIMS[name]
+        if dim != want:
+            raise r.fail(f"{at}: term {name!r} has dim {dim}, expected {want}")
+        per_element = isinstance(r.get(f"{at}.scale"), list)
+        scale = r.nums(f"{at}.scale", dim, what=f"{at}.dim") if per_element else r.num(f"{at}.scale")
+        clip = r.num(f"{at}.clip", positive=True, nullable=True)
+        out.append(ObsTerm(name=name, dim=dim, scale=scale, clip=clip, history=r.integer(f"{at}.history")))
+    return tuple(out)
+
+
+def _check_hash(r: _Reader, m: Manifest) -> None:
+    onnx = m.onnx_path
+    if not onnx.is_file():
+        raise r.fail(f"policy.onnx {str(onnx)!r} not found")
+    got = sha256_of(onnx)
+    if got != m.policy.onnx_sha256:
+        raise DeployError(
+            f"policy.onnx hash {got} of {onnx} does not match deploy.yaml policy.onnx_sha256 "
+            f"{m.policy.onnx_sha256}: the policy file was replaced or corrupted; re-export it"
+        )

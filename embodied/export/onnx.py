@@ -1,0 +1,287 @@
+"""Export a run's policy as policy.onnx + policy.ts + deploy.yaml, checked against torch before they land.
+
+The deploy.yaml text is embedded in the ONNX file (``metadata_props["deploy_yaml"]``) and in the
+TorchScript file (extra file ``deploy.yaml``). The embedded copies carry ``onnx_sha256: null``: a
+file cannot contain its own hash. Only the ``deploy.yaml`` on disk holds the digest of the final
+``policy.onnx`` (taken after the metadata was embedded).
+
+The ONNX graph comes from torch's TorchScript-based exporter (``dynamo=False``): the torch.export
+one needs the onnxscript package. Both it and ``torch.jit`` warn that they are deprecated; those
+warnings (only those) are silenced here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from embodied.export.graph import ExportedPolicy, ExportError
+from embodied.task_env import OBS_CLIP
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+SCHEMA_VERSION = 1
+PARITY_TOL = 1e-5
+FILES = {"onnx": "policy.onnx", "torchscript": "policy.ts", "deploy": "deploy.yaml"}
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # obs (B, D) -> (targets, actions)
+
+
+@contextmanager
+def _quiet_deprecations() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for msg in (
+            r"`torch\.jit\.\w+` is deprecated",
+            r"You are using the legacy TorchScript-based ONNX export",
+            r"The feature will be removed",
+        ):
+            warnings.filterwarnings("ignore", message=msg, category=DeprecationWarning)
+        yield
+
+
+def _f32(values: Any) -> list[float]:
+    """float32 values as the shortest decimals that read back to the same float32 (0.9, not 0.8999...)."""
+    return [float(str(v)) for v in np.asarray(values, dtype=np.float32).reshape(-1)]
+
+
+def _f64(values: Any) -> list[float]:
+    return [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+
+
+def deploy_manifest(task_cfg: Mapping[str, Any], env: Any, policy: ExportedPolicy) -> dict[str, Any]:
+    """The deploy.yaml content (schema v1, docs/deploy_schema.md) for ``policy`` on ``env``'s robot."""
+    info, backend = env.backend.info, env.backend
+    observations = [{**term, "history": 1} for term in env.obs_layout("policy")]
+    width = sum(t["dim"] * t["history"] for t in observations)
+    if width != policy.obs_dim:
+        raise ExportError(f"observation terms add up to {width}, the policy takes {policy.obs_dim}")
+    if len(info.actuated_joints) != policy.action_dim:
+        raise ExportError(
+            f"{len(info.actuated_joints)} actuated joints, the policy gives {policy.action_dim}"
+        )
+    commands = {  # ranges only: zero_prob and other sampling settings stay in training
+        str(k): _f64(v)
+        for k, v in (task_cfg.get("commands") or {}).items()
+        if isinstance(v, list | tuple) and len(v) == 2
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "task": str(task_cfg["name"]),
+        "policy": {
+            "onnx": FILES["onnx"],
+            "onnx_sha256": None,
+            "torchscript": FILES["torchscript"],
+            "input": {"name": "obs", "dim": policy.obs_dim},
+            "outputs": {"joint_targets": {"dim": policy.action_dim}, "actions": {"dim": policy.action_dim}},
+        },
+        "joints": {
+            "names": [str(n) for n in info.actuated_joints],
+            "default_positions": _f64(info.home_qpos[info.qpos_adr]),
+            "kp": _f64(info.kp),
+            "kd": _f64(info.kd),
+            "torque_limits": _f64(info.force_range[:, 1]),
+            "position_limits": [_f64(r) for r in info.joint_range],
+        },
+        "control": {
+            "dt": float(env.dt),
+            "physics_dt": float(backend.physics_dt),
+            "decimation": int(backend.decimation),
+        },
+        "action": {"offset": _f32(policy.offset), "scale": _f32(policy.scale)},
+        "observations": observations,
+        "commands": commands,
+        "obs_clip": float(OBS_CLIP),
+    }
+
+
+def dump_yaml(manifest: Mapping[str, Any]) -> str:
+    """YAML text in the schema's order, with flow-style leaves (``[0.1, 0.8]``, ``{dim: 12}``)."""
+    return yaml.safe_dump(dict(manifest), sort_keys=False, default_flow_style=None, width=120)
+
+
+def onnx_runner(path: Path) -> Runner:
+    """A single-threaded onnxruntime session for ``path`` as a Runner."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def run(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        targets, actions = sess.run(["joint_targets", "actions"], {"obs": obs})
+        return targets, actions
+
+    return run
+
+
+def torchscript_runner(path: Path) -> Runner:
+    """A loaded TorchScript file as a Runner."""
+    with _quiet_deprecations():
+        module = torch.jit.load(str(path), map_location="cpu")
+    return torch_runner(module)
+
+
+def torch_runner(module: torch.nn.Module) -> Runner:
+    """A torch module obs (B, D) -> (targets, actions) as a Runner (no grad)."""
+
+    def run(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            targets, actions = module(torch.from_numpy(obs))
+        return targets.numpy(), actions.numpy()
+
+    return run
+
+
+def check_parity(
+    reference: ExportedPolicy,
+    runners: Mapping[str, Runner],
+    obs_sets: Mapping[str, torch.Tensor],
+    tol: float = PARITY_TOL,
+) -> dict[str, float]:
+    """Max |runner - reference| over both outputs, per "<runner>/<obs set>"; ExportError above ``tol``."""
+    ref = torch_runner(reference)
+    diffs: dict[str, float] = {}
+    for set_name, obs in obs_sets.items():
+        x = np.ascontiguousarray(obs.detach().cpu().numpy(), dtype=np.float32)
+        expected = ref(x)
+        for name, run in runners.items():
+            got = run(x)
+            shapes = [np.shape(g) for g in got], [np.shape(e) for e in expected]
+            if shapes[0] != shapes[1]:
+                raise ExportError(f"{name} gives output shapes {shapes[0]}, torch {shapes[1]}")
+            diffs[f"{name}/{set_name}"] = max(
+                float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True)
+            )
+    bad = {k: v for k, v in diffs.items() if not v <= tol}
+    if bad:
+        worst = ", ".join(f"{k} {v:.3g}" for k, v in bad.items())
+        raise ExportError(f"exported policy disagrees with torch beyond {tol:g}: {worst}")
+    return diffs
+
+
+def _write_onnx(policy: ExportedPolicy, path: Path, embedded_yaml: str) -> None:
+    example = torch.zeros(1, policy.obs_dim)
+    with _quiet_deprecations():
+        torch.onnx.export(
+            policy,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["obs"],
+            output_names=["joint_targets", "actions"],
+            dynamic_axes={k: {0: "batch"} for k in ("obs", "joint_targets", "actions")},
+        )
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "deploy_yaml", embedded_yaml
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _write_torchscript(policy: ExportedPolicy, path: Path, embedded_yaml: str) -> None:
+    with _quiet_deprecations():
+        scripted = torch.jit.script(policy)
+        torch.jit.save(scripted, str(path), _extra_files={FILES["deploy"]: embedded_yaml})
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 digest of a file."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def export_policy(
+    policy: ExportedPolicy,
+    out_dir: Path,
+    manifest: Mapping[str, Any],
+    check_obs: Mapping[str, torch.Tensor],
+    tol: float = PARITY_TOL,
+) -> dict[str, float]:
+    """Write policy.onnx, policy.ts and deploy.yaml into ``out_dir``; returns the parity diffs.
+
+    Everything is written and checked in a staging folder beside ``out_dir`` first; only if ONNX
+    Runtime and TorchScript agree with ``policy`` within ``tol`` on every set in ``check_obs``
+    ((B, D) each) are the files moved in, each by an atomic rename, deploy.yaml last. A refused
+    export (ExportError) leaves ``out_dir`` as it was.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", suffix=".tmp", dir=out_dir.parent))
+    try:
+        manifest = dict(manifest)
+        manifest["policy"] = {**manifest["policy"], "onnx_sha256": None}
+        embedded = dump_yaml(manifest)
+        onnx_path, ts_path = stage / FILES["onnx"], stage / FILES["torchscript"]
+        _write_onnx(policy, onnx_path, embedded)
+        _write_torchscript(policy, ts_path, embedded)
+        runners = {"onnxruntime": onnx_runner(onnx_path), "torchscript": torchscript_runner(ts_path)}
+        diffs = check_parity(policy, runners, check_obs, tol)
+        manifest["policy"]["onnx_sha256"] = sha256(onnx_path)
+        (stage / FILES["deploy"]).write_text(dump_yaml(manifest), encoding="utf-8")
+        out_dir.mkdir(exist_ok=True)
+        for key in ("torchscript", "onnx", "deploy"):  # deploy.yaml last: its hash names the new onnx
+            _fsync(stage / FILES[key])
+            os.replace(stage / FILES[key], out_dir / FILES[key])
+        _fsync(out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return diffs
+
+
+@torch.no_grad()
+def record_observations(env: Any, policy: torch.nn.Module, steps: int = 50, seed: int = 0) -> torch.Tensor:
+    """obs["policy"] of ``steps`` steps of ``env`` driven by ``policy``'s mean action: (steps * N, D)."""
+    obs, seen = env.reset(seed=seed), []
+    for _ in range(steps):
+        seen.append(obs["policy"].cpu())
+        obs = env.step(policy(obs["policy"])).obs
+    return torch.cat(seen)
+
+
+def export_run(run_dir: Path, checkpoint: Path | None = None) -> Path:
+    """Export a run's (latest or given) checkpoint to ``<run>/exported/``; returns that folder.
+
+    The files are checked on 256 random observations and on 50 steps x 4 envs of observations the
+    policy meets in its own task; a disagreement beyond 1e-5 raises ExportError.
+    """
+    from embodied.cli import _load_policy, _load_run
+    from embodied.workflow import build_env
+
+    run_dir, cfg = _load_run(str(run_dir))
+    env = build_env(cfg, num_envs=4)
+    try:
+        ac, _ = _load_policy(run_dir, cfg, env, str(checkpoint) if checkpoint else None)
+        offset, scale = env.action_affine()
+        policy = ExportedPolicy.from_actor_critic(ac, offset, scale)
+        manifest = deploy_manifest(OmegaConf.to_container(cfg.task, resolve=True), env, policy)
+        recorded = record_observations(env, ac)
+    finally:
+        env.close()
+    gen = torch.Generator().manual_seed(0)
+    random_obs = torch.randn(256, policy.obs_dim, generator=gen)
+    diffs = export_policy(
+        policy, run_dir / "exported", manifest, {"random": random_obs, "recorded": recorded}
+    )
+    log.info("exported %s (max |diff| vs torch: %s)", run_dir / "exported", diffs)
+    return run_dir / "exported"

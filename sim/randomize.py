@@ -1,0 +1,77 @@
+"""Domain randomization of physics, as batched per-env scale factors sampled at reset.
+
+``sample_physics`` draws one set of factors per env from config ranges; a backend's
+``set_physics(mask, params)`` applies them to the masked envs. What the policy sees (action
+latency, observation noise, pushes) is randomized by the task env, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from sim.backend import SimConfigError
+
+RANGES = ("friction", "mass_scale", "motor_strength", "kp_scale", "kd_scale")
+
+
+@dataclass
+class PhysicsParams:
+    """Per-env factors, (N, ...) tensors. 1 (or 0 for offsets) is the model as written."""
+
+    friction: torch.Tensor  # (N,) multiplies every geom's sliding friction
+    mass_scale: torch.Tensor  # (N, nbody) multiplies each body's mass and inertia
+    com_offset: torch.Tensor  # (N, 3) metres added to the base body's centre of mass
+    motor_strength: torch.Tensor  # (N,) multiplies actuator torque limits
+    kp_scale: torch.Tensor  # (N,) multiplies position-servo stiffness
+    kd_scale: torch.Tensor  # (N,) multiplies position-servo damping
+
+    @classmethod
+    def nominal(cls, n: int, nbody: int, device: torch.device | str = "cpu") -> PhysicsParams:
+        one = torch.ones(n, device=device)
+        return cls(one, torch.ones(n, nbody, device=device), torch.zeros(n, 3, device=device), one, one, one)
+
+    def means(self) -> dict[str, float]:
+        """Batch means, for logging what the run trained on."""
+        return {f.name: getattr(self, f.name).float().mean() for f in fields(self) if f.name != "com_offset"}
+
+
+def _range(cfg: Mapping[str, Any], key: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in cfg.get(key, (1.0, 1.0)))
+    if not 0.0 < lo <= hi:
+        raise SimConfigError(f"randomization.{key} must be [lo, hi] with 0 < lo <= hi, got [{lo}, {hi}]")
+    return lo, hi
+
+
+def check_config(cfg: Mapping[str, Any] | None, known: tuple[str, ...] = ()) -> None:
+    """Unknown keys and empty ranges are errors, not silently ignored."""
+    allowed = (*RANGES, "com_offset", *known)
+    for k in cfg or {}:
+        if k not in allowed:
+            raise SimConfigError(f"unknown randomization key {k!r}; known: {', '.join(allowed)}")
+        if k in RANGES:
+            _range(cfg, k)
+
+
+def sample_physics(
+    cfg: Mapping[str, Any] | None, n: int, nbody: int, generator: torch.Generator, device: torch.device
+) -> PhysicsParams:
+    """Uniform samples in each configured range; missing keys stay nominal."""
+    cfg = cfg or {}
+
+    def uniform(key: str, *shape: int) -> torch.Tensor:
+        lo, hi = _range(cfg, key)
+        return lo + (hi - lo) * torch.rand(*shape, generator=generator, device=device)
+
+    com = float(cfg.get("com_offset", 0.0))
+    return PhysicsParams(
+        friction=uniform("friction", n),
+        mass_scale=uniform("mass_scale", n, nbody),
+        com_offset=(torch.rand(n, 3, generator=generator, device=device) * 2 - 1) * com,
+        motor_strength=uniform("motor_strength", n),
+        kp_scale=uniform("kp_scale", n),
+        kd_scale=uniform("kd_scale", n),
+    )

@@ -28,7 +28,8 @@ def evaluate(
 
     Returns episode-level figures: mean return and length, the fall rate (episodes ending in
     ``terminated``) and, for each ``info["metric/<name>"]`` the task reports, its mean over the
-    steps after ``warmup_s`` of every episode. Env 0 is recorded to ``video_path`` when given.
+    steps after ``warmup_s`` of every episode (an episode that ended sooner counts its last step).
+    Env 0 is recorded to ``video_path`` when given.
     """
     n, dev = env.num_envs, env.device
     obs: Obs = env.reset(seed=seed)
@@ -38,6 +39,7 @@ def evaluate(
     ep_len = torch.zeros(n, dtype=torch.long, device=dev)
     fell = torch.zeros(n, dtype=torch.bool, device=dev)
     metric_sum: dict[str, torch.Tensor] = {}
+    metric_last: dict[str, torch.Tensor] = {}
     metric_count = torch.zeros(n, device=dev)
     warmup = round(warmup_s / env.dt)
     frames = []
@@ -53,6 +55,7 @@ def evaluate(
         for k, v in out.info.items():
             if k.startswith("metric/"):
                 metric_sum[k] = metric_sum.get(k, torch.zeros(n, device=dev)) + v * counted
+                metric_last[k] = torch.where(active, v, metric_last.get(k, v))
         fell |= active & out.terminated
         active &= ~(out.terminated | out.truncated)
         obs = out.obs
@@ -65,10 +68,10 @@ def evaluate(
         "mean_length_s": (ep_len.float().mean() * env.dt).item(),
         "fall_rate": fell.float().mean().item(),
     }
-    valid = metric_count > 0
+    # An episode that ended before the warm-up (a fall) is scored by its last step, not dropped.
     for k, v in metric_sum.items():
-        per_episode = v[valid] / metric_count[valid]
-        result[k.split("/", 1)[1]] = per_episode.mean().item() if per_episode.numel() else float("nan")
+        per_episode = torch.where(metric_count > 0, v / metric_count.clamp(min=1), metric_last[k])
+        result[k.split("/", 1)[1]] = per_episode.mean().item()
     if video_path is not None and frames:
         write_video(video_path, torch.stack(frames), fps=round(1.0 / env.dt))
     return result

@@ -26,7 +26,16 @@ def _locomotion(cfg: Mapping[str, Any], backend: Any, seed: int) -> BatchedEnv:
     return LocomotionEnv(cfg, backend, seed)
 
 
-FAMILIES: dict[str, Callable[[Mapping[str, Any], Any, int], BatchedEnv]] = {"locomotion": _locomotion}
+def _manipulation(cfg: Mapping[str, Any], backend: Any, seed: int) -> BatchedEnv:
+    from embodied.tasks.manipulation import ArmEnv
+
+    return ArmEnv(cfg, backend, seed)
+
+
+FAMILIES: dict[str, Callable[[Mapping[str, Any], Any, int], BatchedEnv]] = {
+    "locomotion": _locomotion,
+    "manipulation": _manipulation,
+}
 
 
 def task_names() -> list[str]:

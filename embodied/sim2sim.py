@@ -134,6 +134,7 @@ def run_training_engine(
     from embodied.workflow import build_env
 
     cfg = run_cfg.copy()
+    cfg.task.episode_length_s = float(s2s["episode_s"]) + 1.0  # no time limit inside the sweep
     cfg.task.randomization = {}
     for term in cfg.task.observations.policy.values():
         if term is not None and "noise" in term:
@@ -232,7 +233,9 @@ def sim2sim(
         video_path=out_dir / "episode0.mp4" if want_video else None,
     )
     ref = run_training_engine(run_dir, run_cfg, s2s, episodes=episodes)
-    err_t, err_r = float(np.nanmean(tgt["tracking_error"])), float(np.mean(ref["tracking_error"]))
+    measured = [e for e in tgt["tracking_error"] if not math.isnan(e)]  # NaN: fell before warm-up ended
+    err_t = float(np.mean(measured)) if measured else float("inf")
+    err_r = float(np.mean(ref["tracking_error"]))
     th = s2s["thresholds"]
     report = {
         "run": str(run_dir),

@@ -9,6 +9,7 @@ functions from ``embodied.terms``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,7 +54,8 @@ class TaskEnv:
         }
         self.unstable_total = torch.zeros((), dtype=torch.long, device=self.device)
         self.nan_action_total = torch.zeros((), dtype=torch.long, device=self.device)
-        self.action_dim = backend.info.nu
+        # A task whose policy acts in other coordinates (IK, gripper) sets action_dim before this.
+        self.action_dim = int(getattr(self, "action_dim", backend.info.nu))
         self._init_randomization(dict(cfg.get("randomization") or {}))
         self.camera = cfg.get("camera", -1)
         self.state = self._compute_state(torch.zeros(self.num_envs, self.action_dim, device=self.device))
@@ -149,6 +151,21 @@ class TaskEnv:
             }
             for t in self.obs_terms[group]
         ]
+
+    @staticmethod
+    def _resolve_sensors(backend: SimBackend, patterns: Mapping[str, str]) -> dict[str, torch.Tensor]:
+        """Sensor groups given as regexes over the model's sensor names -> sensordata columns."""
+        cols: dict[str, torch.Tensor] = {}
+        for group, pattern in patterns.items():
+            names = [s for s in backend.sensor_names if re.fullmatch(pattern, s)]
+            if not names:
+                raise ConfigError(f"sensors.{group}: no sensor of the model matches {pattern!r}")
+            idx: list[int] = []
+            for name in names:
+                sl = backend.sensor(name)
+                idx.extend(range(sl.start, sl.stop))
+            cols[group] = torch.tensor(idx, device=backend.device)
+        return cols
 
     def action_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(offset, scale), each (A,): actuator control = offset + scale * clamp(action, -1, 1)."""

@@ -120,3 +120,14 @@ def test_eval_unknown_option(tmp_path):
 @pytest.mark.parametrize("bad", ["num_envs=0", "sim.nthread=0"])
 def test_invalid_sizes(tmp_path, bad):
     assert_one_line_error(embodied("train", bad, f"run_dir={tmp_path}/run"), "must be >= 1")
+
+
+def test_export_on_corrupt_checkpoint(tmp_path):
+    run = _fake_run(tmp_path)
+    (run / "checkpoints" / "model_5.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    assert_one_line_error(embodied("export", f"run={run}"), "corrupt")
+
+
+def test_sim2sim_without_export(tmp_path):
+    run = _fake_run(tmp_path)
+    assert_one_line_error(embodied("sim2sim", f"run={run}"), "no exported policy")

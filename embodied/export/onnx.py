@@ -28,7 +28,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from embodied.export.graph import ExportedPolicy, ExportError
 from embodied.task_env import OBS_CLIP
@@ -65,6 +65,8 @@ def _f64(values: Any) -> list[float]:
 
 def deploy_manifest(task_cfg: Mapping[str, Any], env: Any, policy: ExportedPolicy) -> dict[str, Any]:
     """The deploy.yaml content (schema v1, docs/deploy_schema.md) for ``policy`` on ``env``'s robot."""
+    if isinstance(task_cfg, DictConfig):
+        task_cfg = OmegaConf.to_container(task_cfg, resolve=True)
     info, backend = env.backend.info, env.backend
     observations = [{**term, "history": 1} for term in env.obs_layout("policy")]
     width = sum(t["dim"] * t["history"] for t in observations)

@@ -6,7 +6,6 @@ observations and terminations all come from ``configs/task/<name>.yaml``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -224,18 +223,3 @@ class LocomotionEnv(TaskEnv):
                 raise ConfigError(f"commands.{key} range is empty: [{lo}, {hi}]")
             rows.append((lo, hi))
         return torch.tensor(rows, device=device)
-
-    @staticmethod
-    def _resolve_sensors(backend: SimBackend, patterns: Mapping[str, str]) -> dict[str, torch.Tensor]:
-        """Sensor groups given as regexes over the model's sensor names -> sensordata columns."""
-        cols: dict[str, torch.Tensor] = {}
-        for group, pattern in patterns.items():
-            names = [s for s in backend.sensor_names if re.fullmatch(pattern, s)]
-            if not names:
-                raise ConfigError(f"sensors.{group}: no sensor of the model matches {pattern!r}")
-            idx: list[int] = []
-            for name in names:
-                sl = backend.sensor(name)
-                idx.extend(range(sl.start, sl.stop))
-            cols[group] = torch.tensor(idx, device=backend.device)
-        return cols

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from embodied.terms.manipulation import MANIP_COSTS
+
 
 def undesired_contact(s) -> torch.Tensor:
     """1 when any thigh, calf or trunk geom touches the ground."""
@@ -22,3 +24,4 @@ def torque_limit_hit(s, fraction: float = 0.99) -> torch.Tensor:
 
 
 COSTS = {f.__name__: f for f in (undesired_contact, joint_limit_violation, torque_limit_hit)}
+COSTS.update(MANIP_COSTS)  # arm manipulation terms (embodied/terms/manipulation.py)

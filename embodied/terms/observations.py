@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from embodied.terms.manipulation import MANIP_OBSERVATIONS
+
 
 def base_lin_vel(s) -> torch.Tensor:  # 3
     return s.base_lin_vel
@@ -70,3 +72,4 @@ OBSERVATIONS = {
         qvel,
     )
 }
+OBSERVATIONS.update(MANIP_OBSERVATIONS)  # arm manipulation terms (embodied/terms/manipulation.py)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from embodied.terms.manipulation import MANIP_REWARDS
+
 
 def track_lin_vel_xy_exp(s, sigma: float = 0.25) -> torch.Tensor:
     """exp(-|cmd_xy - v_xy|^2 / sigma), base frame."""
@@ -103,3 +105,4 @@ REWARDS = {
         control_l2,
     )
 }
+REWARDS.update(MANIP_REWARDS)  # arm manipulation terms (embodied/terms/manipulation.py)

@@ -1,0 +1,111 @@
+"""sim2sim: the verdict passes a sound export and fails a broken one; bad input is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from embodied.cli import _load_policy
+from embodied.errors import ConfigError
+from embodied.export import ExportedPolicy, deploy_manifest, export_policy, record_observations
+from embodied.sim2sim import episode_perturbations, sim2sim
+from embodied.workflow import build_env
+from tests.test_cli import embodied
+from tests.test_train_e2e import TINY
+
+QUICK = {
+    "episodes": 2,
+    "episode_s": 2.0,
+    "warmup_s": 0.5,
+    "commands": {"lin_vel_x": [0.0, 0.0], "lin_vel_y": [0.0, 0.0], "ang_vel_yaw": [0.0, 0.0]},
+    "fall": {"max_tilt": 1.0, "min_height": 0.15},
+    # standing still: the verdict turns on falls, the error ratio of two near-zero errors is noise
+    "thresholds": {"max_falls": 0, "max_tracking_ratio": 1000.0},
+    "video": False,
+    "presets": {"nominal": {}, "heavy": {"mass_scale": [1.2, 1.2]}},
+}
+
+
+@pytest.fixture(scope="module")
+def standing_run(tmp_path_factory) -> Path:
+    """A tiny run whose exported policy outputs action 0: targets = the home pose, so it stands."""
+    run = tmp_path_factory.mktemp("s2s") / "run"
+    p = embodied("train", *TINY, "train.max_iterations=1", "train.evaluate=false", f"run_dir={run}", timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    cfg = OmegaConf.load(run / "config.yaml")
+    env = build_env(cfg, num_envs=2)
+    ac, _ = _load_policy(run, cfg, env, None)
+    with torch.no_grad():
+        ac.actor[-1].weight.zero_()
+        ac.actor[-1].bias.zero_()
+    policy = ExportedPolicy.from_actor_critic(ac, *env.action_affine())
+    obs = {"recorded": record_observations(env, ac, 5, 0)}
+    export_policy(policy, run / "exported", deploy_manifest(cfg.task, env, policy), obs)
+    return run
+
+
+@pytest.fixture
+def quick_config(tmp_path) -> Path:
+    path = tmp_path / "sim2sim.yaml"
+    path.write_text(yaml.safe_dump(QUICK))
+    return path
+
+
+def test_sound_export_passes(standing_run, quick_config):
+    r = sim2sim(standing_run, target="mujoco", preset_name="heavy", config_path=quick_config)
+    assert r["verdict"] == "PASS" and r["falls"] == 0
+    out = Path(r["out_dir"])
+    assert (out / "report.json").is_file() and (out / "tracking.png").stat().st_size > 1000
+
+
+def test_shuffled_joint_order_in_deploy_yaml_fails(standing_run, quick_config, tmp_path):
+    deploy = standing_run / "exported" / "deploy.yaml"
+    original = deploy.read_text()
+    m = yaml.safe_load(original)
+    m["joints"]["names"] = list(reversed(m["joints"]["names"]))  # same joints, wrong order
+    deploy.write_text(yaml.safe_dump(m))
+    try:
+        r = sim2sim(standing_run, target="mujoco", preset_name="nominal", config_path=quick_config)
+    finally:
+        deploy.write_text(original)
+    assert r["verdict"] == "FAIL" and r["falls"] > 0
+
+
+def test_cli_exit_code_follows_the_verdict(standing_run):
+    p = embodied("sim2sim", f"run={standing_run}", "perturb=nominal", "episodes=1")
+    assert p.returncode in (0, 1) and ("PASS" in p.stdout) == (p.returncode == 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"target": "bullet", "preset_name": "nominal"}, "unknown sim2sim target 'bullet'"),
+        ({"target": "mujoco", "preset_name": "hurricane"}, "unknown perturbation preset 'hurricane'"),
+    ],
+)
+def test_bad_target_or_preset_is_refused(standing_run, quick_config, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        sim2sim(standing_run, config_path=quick_config, **kwargs)
+
+
+def test_run_without_export_is_refused(tmp_path):
+    (tmp_path / "config.yaml").write_text("{}")
+    with pytest.raises(ConfigError, match="no exported policy"):
+        sim2sim(tmp_path, target="mujoco", preset_name="nominal")
+
+
+def test_unknown_preset_via_cli_is_one_line(standing_run):
+    p = embodied("sim2sim", f"run={standing_run}", "perturb=typhoon")
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "unknown perturbation preset" in p.stderr
+
+
+def test_presets_cover_their_corners_first():
+    perts = episode_perturbations({"mass_scale": [0.8, 1.2], "friction_scale": [0.5, 1.25], "latency_s": 0.02}, 6, 0)
+    corners = {(p["mass_scale"], p["friction_scale"]) for p in perts[:4]}
+    assert corners == {(0.8, 0.5), (0.8, 1.25), (1.2, 0.5), (1.2, 1.25)}
+    assert all(p["latency_s"] == 0.02 for p in perts)
+    assert all(0.8 <= p["mass_scale"] <= 1.2 for p in perts[4:])

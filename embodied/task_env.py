@@ -58,8 +58,21 @@ class TaskEnv:
         self.action_dim = int(getattr(self, "action_dim", backend.info.nu))
         self._init_randomization(dict(cfg.get("randomization") or {}))
         self.camera = cfg.get("camera", -1)
+        # Camera observations: obs["rgb"] (N, 3, H, W) uint8, rendered only when enabled.
+        rgb = dict(cfg.get("rgb") or {})
+        unknown = sorted(set(rgb) - {"enabled", "width", "height", "camera"})
+        if unknown:
+            raise ConfigError(f"unknown rgb keys {unknown}; known: enabled, width, height, camera")
+        self.rgb_shape: tuple[int, int, int] | None = None
+        if rgb.get("enabled", False):
+            self.rgb_shape = (3, int(rgb.get("height", 84)), int(rgb.get("width", 84)))
+            if min(self.rgb_shape) < 1:
+                raise ConfigError(f"rgb width and height must be >= 1, got {rgb}")
+        self.rgb_camera = self.camera if rgb.get("camera") is None else rgb["camera"]
+        self._rgb_last: tuple[torch.Tensor, torch.Tensor] | None = None  # (time, qpos) key, frames
         self.state = self._compute_state(torch.zeros(self.num_envs, self.action_dim, device=self.device))
-        self.obs_dims = {g: int(v.shape[-1]) for g, v in self._check_terms().items()}
+        obs = self._check_terms()
+        self.obs_dims = {g: int(obs[g].shape[-1]) for g in self.obs_terms}  # float groups only
         self._reset(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -246,6 +259,24 @@ class TaskEnv:
             out[group] = torch.nan_to_num(torch.cat(parts, dim=-1), 0.0, OBS_CLIP, -OBS_CLIP).clamp(
                 -OBS_CLIP, OBS_CLIP
             )
+        if self.rgb_shape is not None:
+            # Only envs whose (time, qpos) changed since the last frames are drawn again: after an
+            # auto-reset the other envs' final frames are still current, so a done step costs one
+            # full render plus one of the reset envs, not two full renders.
+            _, h, w = self.rgb_shape
+            sim = self.backend.state()
+            key = torch.cat([sim.time[:, None], sim.qpos], dim=1)
+            last = self._rgb_last
+            stale = (key != last[0]).any(dim=1) if last is not None else None
+            if stale is None or bool(stale.all()):
+                rgb = self.backend.render(list(range(self.num_envs)), w, h, self.rgb_camera)
+            else:
+                rgb = last[1].clone()
+                ids = stale.nonzero().flatten().tolist()
+                if ids:
+                    rgb[ids] = self.backend.render(ids, w, h, self.rgb_camera)
+            self._rgb_last = (key, rgb)
+            out["rgb"] = rgb
         return out
 
     def _check_terms(self) -> Obs:

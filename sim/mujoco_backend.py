@@ -19,6 +19,7 @@ from sim.assets import load_model
 from sim.backend import SimConfigError
 from sim.model_info import ModelInfo
 from sim.randomize import PhysicsParams
+from sim.render import BatchRenderer
 from sim.state import SimState
 
 _FULL = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
@@ -107,8 +108,8 @@ class MujocoBackend:
         self._pool = rollout.Rollout(nthread=nthread if nthread > 1 else 0)
         # rollout's last argument divides the batch into nthread * divisor chunks.
         self._chunk_divisor = 4
-        self._renderer: mujoco.Renderer | None = None
-        self._render_data: mujoco.MjData | None = None
+        # One batched renderer per (width, height, camera), made on the first render() call.
+        self._renderers: dict[tuple[int, int, str | int], BatchRenderer] = {}
         self._publish()
 
     # -- contract ---------------------------------------------------------------------------
@@ -210,28 +211,21 @@ class MujocoBackend:
         return slice(adr, adr + int(self.model.sensor_dim[sid]))
 
     def render(self, env_ids: list[int], width: int, height: int, camera: str | int = -1) -> torch.Tensor:
-        """Frames of the chosen envs, (n, 3, H, W) uint8; not on the training hot path."""
-        if self._renderer is None or (self._renderer.width, self._renderer.height) != (width, height):
-            if self._renderer is not None:
-                self._renderer.close()
-            self.model.vis.global_.offwidth = max(width, self.model.vis.global_.offwidth)
-            self.model.vis.global_.offheight = max(height, self.model.vis.global_.offheight)
-            self._renderer = mujoco.Renderer(self.model, height=height, width=width)
-            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-            self._render_data = mujoco.MjData(self.model)
-        frames = []
-        for i in env_ids:
-            mujoco.mj_setState(self.model, self._render_data, self._state_np[i], _FULL)
-            mujoco.mj_forward(self.model, self._render_data)
-            self._renderer.update_scene(self._render_data, camera=camera)
-            frames.append(torch.from_numpy(self._renderer.render().copy()))
-        return torch.stack(frames).permute(0, 3, 1, 2).contiguous().to(self.device)
+        """Frames of the chosen envs, (n, 3, H, W) uint8, drawn as tiles of one offscreen buffer."""
+        key = (width, height, camera)
+        r = self._renderers.get(key)
+        if r is None or r.max_envs < len(env_ids):
+            if r is not None:
+                r.close()
+            r = self._renderers[key] = BatchRenderer(self.model, width, height, max(1, len(env_ids)), camera)
+        ids = np.asarray(env_ids, dtype=np.int64)
+        models = None if self._nominal is None else [self._models[i] for i in ids]
+        return r.render(self._state_np[ids], spec=_FULL, models=models).to(self.device)
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        for r in self._renderers.values():
+            r.close()
+        self._renderers.clear()
         if self._pool is not None:
             self._pool.close()
             self._pool = None

@@ -154,6 +154,7 @@ def cmd_train(args: list[str]) -> int:
         run_dir,
         checkpoint_meta=checkpoint_meta(cfg, env),
         save_interval=int(cfg.train.save_interval),
+        collect_threads=int(cfg.threads.get("torch_collect", cfg.threads.torch)),
     )
     runner.learn(int(cfg.train.max_iterations), start_it, start_steps)
     logger.close()

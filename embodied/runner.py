@@ -65,12 +65,16 @@ class Runner:
         *,
         checkpoint_meta: dict[str, Any],
         save_interval: int = 50,
+        collect_threads: int | None = None,
         on_iteration: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         self.env, self.alg, self.logger = env, alg, logger
         self.run_dir = Path(run_dir)
         self.meta = checkpoint_meta
         self.save_interval = save_interval
+        # Torch threads while the simulator's pool steps (collection) and while PPO updates.
+        self.collect_threads = collect_threads or torch.get_num_threads()
+        self.update_threads = torch.get_num_threads()
         self.on_iteration = on_iteration
         self.total_steps = 0
 
@@ -91,6 +95,7 @@ class Runner:
         last_reward = float("nan")
         for it in bar:
             t0 = time.perf_counter()
+            torch.set_num_threads(self.collect_threads)
             for _ in range(alg.cfg.num_steps_per_env):
                 out = env.step(alg.act(obs))
                 alg.process_env_step(out)
@@ -98,6 +103,7 @@ class Runner:
                 obs = out.obs
             alg.compute_returns(obs)
             t1 = time.perf_counter()
+            torch.set_num_threads(self.update_threads)
             stats = alg.update()
             t2 = time.perf_counter()
             self.total_steps += steps_per_iter

@@ -23,7 +23,7 @@ class PhysicsParams:
     """Per-env factors, (N, ...) tensors. 1 (or 0 for offsets) is the model as written."""
 
     friction: torch.Tensor  # (N,) multiplies every geom's sliding friction
-    mass_scale: torch.Tensor  # (N, nbody) multiplies each body's mass and inertia
+    mass_scale: torch.Tensor  # (N, nbody) multiplies each body's mass and inertia (one factor per env)
     com_offset: torch.Tensor  # (N, 3) metres added to the base body's centre of mass
     motor_strength: torch.Tensor  # (N,) multiplies actuator torque limits
     kp_scale: torch.Tensor  # (N,) multiplies position-servo stiffness
@@ -69,7 +69,8 @@ def sample_physics(
     com = float(cfg.get("com_offset", 0.0))
     return PhysicsParams(
         friction=uniform("friction", n),
-        mass_scale=uniform("mass_scale", n, nbody),
+        # one factor per env for every link: the robot's total mass moves by up to the range
+        mass_scale=uniform("mass_scale", n)[:, None].expand(n, nbody).contiguous(),
         com_offset=(torch.rand(n, 3, generator=generator, device=device) * 2 - 1) * com,
         motor_strength=uniform("motor_strength", n),
         kp_scale=uniform("kp_scale", n),

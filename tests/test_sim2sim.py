@@ -34,7 +34,9 @@ QUICK = {
 def standing_run(tmp_path_factory) -> Path:
     """A tiny run whose exported policy outputs action 0: targets = the home pose, so it stands."""
     run = tmp_path_factory.mktemp("s2s") / "run"
-    p = embodied("train", *TINY, "train.max_iterations=1", "train.evaluate=false", f"run_dir={run}", timeout=300)
+    p = embodied(
+        "train", *TINY, "train.max_iterations=1", "train.evaluate=false", f"run_dir={run}", timeout=300
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     cfg = OmegaConf.load(run / "config.yaml")
     env = build_env(cfg, num_envs=2)
@@ -104,7 +106,9 @@ def test_unknown_preset_via_cli_is_one_line(standing_run):
 
 
 def test_presets_cover_their_corners_first():
-    perts = episode_perturbations({"mass_scale": [0.8, 1.2], "friction_scale": [0.5, 1.25], "latency_s": 0.02}, 6, 0)
+    perts = episode_perturbations(
+        {"mass_scale": [0.8, 1.2], "friction_scale": [0.5, 1.25], "latency_s": 0.02}, 6, 0
+    )
     corners = {(p["mass_scale"], p["friction_scale"]) for p in perts[:4]}
     assert corners == {(0.8, 0.5), (0.8, 1.25), (1.2, 0.5), (1.2, 1.25)}
     assert all(p["latency_s"] == 0.02 for p in perts)

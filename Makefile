@@ -30,6 +30,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/env_throughput.py
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/policy_latency.py
+	$(BIN)/python benchmarks/render_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -182,7 +182,7 @@ def test_state_dict_round_trip_gives_identical_actions():
 
     torch.manual_seed(99)
     restored = _make_ppo(num_envs=8, num_steps_per_env=4)
-    restored.load_state_dict(torch.load(buffer))
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
     obs = {"policy": torch.randn(16, 1), "critic": torch.randn(16, 2)}
     torch.testing.assert_close(
         restored.actor_critic.act_inference(obs["policy"]), ppo.actor_critic.act_inference(obs["policy"])

@@ -48,8 +48,10 @@ def ours_ppo(task: str, num_envs: int, iterations: int, overrides: list[str]) ->
     obs = env.reset()
     alg.train_mode()
     collect_s = update_s = 0.0
+    collect_threads = int(cfg.threads.get("torch_collect", cfg.threads.torch))
     for it in range(iterations + 1):
         t0 = time.perf_counter()
+        torch.set_num_threads(collect_threads)  # as the Runner does
         for _ in range(steps):
             out = env.step(alg.act(obs))
             alg.process_env_step(out)
@@ -57,6 +59,7 @@ def ours_ppo(task: str, num_envs: int, iterations: int, overrides: list[str]) ->
             obs = out.obs
         alg.compute_returns(obs)
         t1 = time.perf_counter()
+        torch.set_num_threads(int(cfg.threads.torch))
         alg.update()
         tracker.pop(env.dt)
         if it > 0:  # iteration 0 is the warm-up
@@ -71,6 +74,7 @@ def ours_ppo(task: str, num_envs: int, iterations: int, overrides: list[str]) ->
         "num_steps_per_env": steps,
         "iterations": iterations,
         "torch_threads": int(cfg.threads.torch),
+        "torch_collect_threads": collect_threads,
         "sim_nthread": int(cfg.sim.nthread),
     }
 
@@ -123,7 +127,13 @@ def adapter_venv(task: str, num_envs: int) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num-envs", type=int, default=None, help="N of our PPO runs (default 1024)")
+    p.add_argument("--num-envs", type=int, default=None, help="N of our go2_velocity runs (default 1024)")
+    p.add_argument(
+        "--ant-num-envs",
+        type=int,
+        default=None,
+        help="N of our ant run (default 4096, env_throughput's best)",
+    )
     p.add_argument(
         "--iterations", type=int, default=None, help="timed PPO iterations after 1 warm-up (default 10)"
     )
@@ -153,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes and durations: a smoke test")
     a = p.parse_args(argv)
     n = a.num_envs or (64 if a.quick else 1024)
+    n_ant = a.ant_num_envs or (64 if a.quick else 4096)
     iters = a.iterations or (1 if a.quick else 10)
     n_steps = a.sb3_n_steps or (16 if a.quick else 2048)
     sb3_updates = a.sb3_updates or (1 if a.quick else 2)
@@ -165,7 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     threads = thread_info(ours_torch_threads=int(cfg.threads.torch), ours_sim_nthread=int(cfg.sim.nthread))
     threads.pop("torch_threads")
     threads.update({f"sb3_{k}": v for k, v in sb3_threads.items()}, sb3_vec_env="one thread")
-    settings = {"num_envs": n, "iterations": iters, "sb3_envs": a.sb3_envs, "sb3_n_steps": n_steps}
+    settings = {
+        "num_envs": n,
+        "ant_num_envs": n_ant,
+        "iterations": iters,
+        "sb3_envs": a.sb3_envs,
+        "sb3_n_steps": n_steps,
+    }
     settings.update(sb3_updates=sb3_updates, raw_seconds=secs, raw_warmup_s=warm)
     header = {"command": command_line(__file__, argv), "machine": machine_info(), "threads": threads}
     header.update(settings=settings, quick=a.quick)
@@ -173,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     header["machine"]["stable_baselines3"] = stable_baselines3.__version__
 
-    ant = ours_ppo("ant", n, iters, a.override)
+    ant = ours_ppo("ant", n_ant, iters, a.override)
     go2 = ours_ppo("go2_velocity", n, iters, a.override)
     go2_raw = raw_rate("go2_velocity", n, secs, warm, a.override)
     sb3_ant = sb3_ppo(partial(gym_ant_venv, a.sb3_envs), n_steps, sb3_updates, a.sb3_torch_threads)
@@ -186,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         sb3_go2 = sb3_ppo(venv, n_steps, sb3_updates, a.sb3_torch_threads)
 
     def ours_row(task: str, r: dict[str, Any]) -> list[Any]:
-        setting = f"N={n}, T={r['num_steps_per_env']}, K={iters}"
+        setting = f"N={r['num_envs']}, T={r['num_steps_per_env']}, K={iters}"
         return ["our PPO", task, setting, r["samples_per_s"], r["collection_samples_per_s"]]
 
     sb3_setting = f"{a.sb3_envs} envs, n_steps={n_steps}"

@@ -25,9 +25,9 @@ import torch
 from env_throughput import command_line, machine_info, markdown_table, thread_info, write_json
 from omegaconf import OmegaConf
 
-from embodied.cli import _load_policy, compose
+from embodied.cli import compose
 from embodied.export import ExportedPolicy, deploy_manifest, export_policy, record_observations
-from embodied.workflow import build_env, build_policy
+from embodied.workflow import build_env, build_policy, load_policy
 
 MAX_US = 50.0  # p50 and p99 of onnxruntime at batch 1
 
@@ -37,7 +37,7 @@ def build(run: str | None, out_dir: Path) -> tuple[ExportedPolicy, np.ndarray, d
     if run:
         cfg = OmegaConf.load(Path(run) / "config.yaml")
         env = build_env(cfg, num_envs=4)
-        ac, _ = _load_policy(Path(run), cfg, env, None)
+        ac, _ = load_policy(Path(run), cfg, env, None)
     else:
         cfg = compose([])
         env = build_env(cfg, num_envs=4)

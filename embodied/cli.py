@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from embodied.errors import ConfigError
 from embodied.registry import CONFIG_DIR, describe_tasks, task_names
+from embodied.workflow import load_policy, load_run
 from sim.backend import SimConfigError
 
 USAGE = """usage: embodied <command> [key=value ...]
@@ -53,34 +54,6 @@ def _kv(args: list[str], allowed: dict[str, Any], command: str) -> dict[str, Any
     return out
 
 
-def _load_run(run: str | None) -> tuple[Path, DictConfig]:
-    if not run:
-        raise ConfigError("run=<run directory> is required")
-    run_dir = Path(run)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    return run_dir, OmegaConf.load(run_dir / "config.yaml")
-
-
-def _load_policy(run_dir: Path, cfg: DictConfig, env, checkpoint: str | None):
-    from embodied.checkpoint import latest_checkpoint, load_checkpoint
-    from embodied.workflow import build_policy
-
-    path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
-    if path is None:
-        raise ConfigError(f"{run_dir} has no checkpoint in checkpoints/")
-    ckpt = load_checkpoint(path, task=str(cfg.task.name), obs_dims=env.obs_dims)
-    policy = build_policy(cfg, env)
-    try:
-        policy.load_state_dict(ckpt["algo"]["model"])
-    except (RuntimeError, KeyError) as e:
-        raise ConfigError(
-            f"checkpoint {path} does not fit this policy ({str(e).splitlines()[0][:160]})"
-        ) from None
-    policy.eval()
-    return policy, ckpt
-
-
 def run_eval(run_dir: Path, cfg: DictConfig, *, checkpoint=None, num_envs=0, seed=12345, video=False) -> dict:
     """Evaluate a run's policy on the task's eval settings; saves eval.json (and videos/eval.mp4)."""
     from embodied.evaluate import check_thresholds, evaluate
@@ -91,7 +64,7 @@ def run_eval(run_dir: Path, cfg: DictConfig, *, checkpoint=None, num_envs=0, see
     env = build_env(cfg, num_envs=num_envs or int(ev.get("num_envs", 32)), seed=seed)
     if "commands" in ev and hasattr(env, "set_command_ranges"):
         env.set_command_ranges(ev["commands"])
-    policy, ckpt = _load_policy(run_dir, cfg, env, checkpoint)
+    policy, ckpt = load_policy(run_dir, cfg, env, checkpoint)
     result = evaluate(
         env,
         policy,
@@ -114,7 +87,7 @@ def cmd_train(args: list[str]) -> int:
 
     resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
     if resume:
-        run_dir, cfg = _load_run(resume)
+        run_dir, cfg = load_run(resume)
         extra = [a for a in args if not a.startswith("resume=")]
         for a in extra:  # a resumed run may only be extended, not reconfigured
             if not a.startswith("train."):
@@ -191,7 +164,7 @@ def _export(run_dir: Path, checkpoint: str | None) -> Path:
 
 def cmd_export(args: list[str]) -> int:
     o = _kv(args, {"run": "", "checkpoint": ""}, "export")
-    run_dir, _ = _load_run(o["run"])
+    run_dir, _ = load_run(o["run"])
     out = _export(run_dir, o["checkpoint"] or None)
     print(f"wrote {out / 'policy.onnx'}, {out / 'policy.ts'} and {out / 'deploy.yaml'}")
     return 0
@@ -199,7 +172,7 @@ def cmd_export(args: list[str]) -> int:
 
 def cmd_eval(args: list[str]) -> int:
     o = _kv(args, {"run": "", "checkpoint": "", "num_envs": 0, "seed": 12345, "video": False}, "eval")
-    run_dir, cfg = _load_run(o["run"])
+    run_dir, cfg = load_run(o["run"])
     result = run_eval(
         run_dir,
         cfg,
@@ -218,10 +191,10 @@ def cmd_play(args: list[str]) -> int:
     from embodied.workflow import build_env, set_threads
 
     o = _kv(args, {"run": "", "checkpoint": "", "seconds": 10.0, "num_envs": 1, "seed": 0}, "play")
-    run_dir, cfg = _load_run(o["run"])
+    run_dir, cfg = load_run(o["run"])
     set_threads(cfg)
     env = build_env(cfg, num_envs=o["num_envs"], seed=o["seed"])
-    policy, _ = _load_policy(run_dir, cfg, env, o["checkpoint"] or None)
+    policy, _ = load_policy(run_dir, cfg, env, o["checkpoint"] or None)
     obs, frames = env.reset(seed=o["seed"]), []
     with torch.no_grad():
         for _ in range(int(o["seconds"] / env.dt)):
@@ -237,7 +210,7 @@ def cmd_sim2sim(args: list[str]) -> int:
     from embodied.sim2sim import sim2sim
 
     o = _kv(args, {"run": "", "target": "mujoco", "perturb": "nominal", "episodes": 0, "seed": 0}, "sim2sim")
-    run_dir, _ = _load_run(o["run"])
+    run_dir, _ = load_run(o["run"])
     r = sim2sim(
         run_dir, target=o["target"], preset_name=o["perturb"], episodes=o["episodes"] or None, seed=o["seed"]
     )

@@ -130,8 +130,7 @@ def run_training_engine(
     run_dir: Path, run_cfg: DictConfig, s2s: Mapping[str, Any], *, episodes: int
 ) -> dict[str, Any]:
     """The same sweep in the training env (nominal: no randomization, no observation noise)."""
-    from embodied.cli import _load_policy
-    from embodied.workflow import build_env
+    from embodied.workflow import build_env, load_policy
 
     cfg = run_cfg.copy()
     cfg.task.episode_length_s = float(s2s["episode_s"]) + 1.0  # no time limit inside the sweep
@@ -140,7 +139,7 @@ def run_training_engine(
         if term is not None and "noise" in term:
             term.noise = 0.0
     env = build_env(cfg, num_envs=episodes, seed=0)
-    policy, _ = _load_policy(run_dir, cfg, env, None)
+    policy, _ = load_policy(run_dir, cfg, env, None)
     obs = env.reset(seed=0)
     env.command = torch.as_tensor(_sweep(s2s, episodes), dtype=torch.float32, device=env.device)
     steps, warmup = round(float(s2s["episode_s"]) / env.dt), round(float(s2s["warmup_s"]) / env.dt)

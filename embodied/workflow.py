@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,3 +63,34 @@ def checkpoint_meta(cfg: DictConfig, env: BatchedEnv) -> dict[str, Any]:
         "action_dim": env.action_dim,
         "config": OmegaConf.to_yaml(cfg, resolve=True),
     }
+
+
+def load_run(run: str | None) -> tuple[Path, DictConfig]:
+    """A run directory and its resolved config; a one-line ConfigError when it is not one."""
+    if not run:
+        raise ConfigError("run=<run directory> is required")
+    run_dir = Path(run)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    return run_dir, OmegaConf.load(run_dir / "config.yaml")
+
+
+def load_policy(
+    run_dir: Path, cfg: DictConfig, env: BatchedEnv, checkpoint: str | None
+) -> tuple[ActorCritic, dict[str, Any]]:
+    """The run's newest (or the given) checkpoint loaded into a fresh policy, in eval mode."""
+    from embodied.checkpoint import latest_checkpoint, load_checkpoint
+
+    path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    if path is None:
+        raise ConfigError(f"{run_dir} has no checkpoint in checkpoints/")
+    ckpt = load_checkpoint(path, task=str(cfg.task.name), obs_dims=env.obs_dims)
+    policy = build_policy(cfg, env)
+    try:
+        policy.load_state_dict(ckpt["algo"]["model"])
+    except (RuntimeError, KeyError) as e:
+        raise ConfigError(
+            f"checkpoint {path} does not fit this policy ({str(e).splitlines()[0][:160]})"
+        ) from None
+    policy.eval()
+    return policy, ckpt

@@ -13,7 +13,6 @@ import yaml
 from omegaconf import OmegaConf
 from torch import nn
 
-from embodied.cli import _load_policy
 from embodied.export import (
     OPSET,
     ExportedPolicy,
@@ -27,7 +26,7 @@ from embodied.export import (
     torch_runner,
     torchscript_runner,
 )
-from embodied.workflow import build_env
+from embodied.workflow import build_env, load_policy
 from tests.test_cli import embodied
 from tests.test_train_e2e import TINY
 
@@ -69,7 +68,7 @@ def loaded(run) -> dict[str, Any]:
     """The run's torch policy as ExportedPolicy, its env facts and 50 steps x 4 envs of its observations."""
     cfg = OmegaConf.load(run / "config.yaml")
     env = build_env(cfg, num_envs=4)
-    ac, _ = _load_policy(run, cfg, env, None)
+    ac, _ = load_policy(run, cfg, env, None)
     offset, scale = env.action_affine()
     norm = ac.actor_normalizer
     # 2 iterations already give per-dim std from 0.001 (gravity z) to 0.66: the normalizer matters.

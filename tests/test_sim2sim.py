@@ -9,11 +9,10 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from embodied.cli import _load_policy
 from embodied.errors import ConfigError
 from embodied.export import ExportedPolicy, deploy_manifest, export_policy, record_observations
 from embodied.sim2sim import episode_perturbations, sim2sim
-from embodied.workflow import build_env
+from embodied.workflow import build_env, load_policy
 from tests.test_cli import embodied
 from tests.test_train_e2e import TINY
 
@@ -40,7 +39,7 @@ def standing_run(tmp_path_factory) -> Path:
     assert p.returncode == 0, p.stderr[-2000:]
     cfg = OmegaConf.load(run / "config.yaml")
     env = build_env(cfg, num_envs=2)
-    ac, _ = _load_policy(run, cfg, env, None)
+    ac, _ = load_policy(run, cfg, env, None)
     with torch.no_grad():
         ac.actor[-1].weight.zero_()
         ac.actor[-1].bias.zero_()

@@ -267,13 +267,12 @@ def export_run(run_dir: Path, checkpoint: Path | None = None) -> Path:
     The files are checked on 256 random observations and on 50 steps x 4 envs of observations the
     policy meets in its own task; a disagreement beyond 1e-5 raises ExportError.
     """
-    from embodied.cli import _load_policy, _load_run
-    from embodied.workflow import build_env
+    from embodied.workflow import build_env, load_policy, load_run
 
-    run_dir, cfg = _load_run(str(run_dir))
+    run_dir, cfg = load_run(str(run_dir))
     env = build_env(cfg, num_envs=4)
     try:
-        ac, _ = _load_policy(run_dir, cfg, env, str(checkpoint) if checkpoint else None)
+        ac, _ = load_policy(run_dir, cfg, env, str(checkpoint) if checkpoint else None)
         offset, scale = env.action_affine()
         policy = ExportedPolicy.from_actor_critic(ac, offset, scale)
         manifest = deploy_manifest(OmegaConf.to_container(cfg.task, resolve=True), env, policy)

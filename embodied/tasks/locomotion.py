@@ -205,7 +205,7 @@ class LocomotionEnv(TaskEnv):
         return {
             "lin_vel_error": (s.command[:, :2] - s.base_lin_vel[:, :2]).norm(dim=-1),
             "ang_vel_error": (s.command[:, 2] - s.base_ang_vel[:, 2]).abs(),
-            "forward_velocity": s.base_lin_vel_world[:, 0],
+            "world_x_velocity": s.base_lin_vel_world[:, 0],  # progress along +x (Ant); yaw-random for go2
         }
 
     # -- helpers -------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def cmd_eval(args: list[str]) -> int:
 
 
 def cmd_play(args: list[str]) -> int:
-    from embodied.evaluate import write_video
+    from embodied.video import CostVideo
     from embodied.workflow import build_env, set_threads
 
     o = _kv(args, {"run": "", "checkpoint": "", "seconds": 10.0, "num_envs": 1, "seed": 0}, "play")
@@ -195,12 +195,13 @@ def cmd_play(args: list[str]) -> int:
     set_threads(cfg)
     env = build_env(cfg, num_envs=o["num_envs"], seed=o["seed"])
     policy, _ = load_policy(run_dir, cfg, env, o["checkpoint"] or None)
-    obs, frames = env.reset(seed=o["seed"]), []
+    obs, info, video = env.reset(seed=o["seed"]), None, CostVideo(fps=round(1.0 / env.dt))
     with torch.no_grad():
         for _ in range(int(o["seconds"] / env.dt)):
-            frames.append(env.render([0], 320, 240)[0])
-            obs = env.step(policy(obs["policy"])).obs
-    out = write_video(run_dir / "videos" / "play.mp4", torch.stack(frames), fps=round(1.0 / env.dt))
+            video.add(env.render([0], 320, 240)[0], info)
+            out = env.step(policy(obs["policy"]))
+            obs, info = out.obs, out.info
+    out = video.write(run_dir / "videos" / "play.mp4")
     env.close()
     print(f"wrote {out}")
     return 0

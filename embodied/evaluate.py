@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from embodied.env import BatchedEnv, Obs
+from embodied.video import CostVideo
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -29,7 +30,9 @@ def evaluate(
     Returns episode-level figures: mean return and length, the fall rate (episodes ending in
     ``terminated``) and, for each ``info["metric/<name>"]`` the task reports, its mean over the
     steps after ``warmup_s`` of every episode (an episode that ended sooner counts its last step).
-    Env 0 is recorded to ``video_path`` when given.
+    Cost terms (``metric/cost/<name>``) are averaged over whole episodes instead: the fraction of
+    steps with that cost event. Env 0 is recorded to ``video_path`` when given, with its cost events
+    drawn on the frames and listed in ``<video>.costs.csv``.
     """
     n, dev = env.num_envs, env.device
     obs: Obs = env.reset(seed=seed)
@@ -42,11 +45,13 @@ def evaluate(
     metric_last: dict[str, torch.Tensor] = {}
     metric_count = torch.zeros(n, device=dev)
     warmup = round(warmup_s / env.dt)
-    frames = []
+    video = CostVideo(fps=round(1.0 / env.dt)) if video_path is not None else None
+    info = None  # the info of the step that produced the current state (none after the reset)
     for _ in range(env.max_episode_length):
-        if video_path is not None and bool(active[0]):
-            frames.append(env.render([0], *video_size, camera=camera)[0])
+        if video is not None and bool(active[0]):
+            video.add(env.render([0], *video_size, camera=camera)[0], info)
         out = env.step(policy(obs["policy"]))
+        info = out.info
         ep_return += out.reward * active
         ep_cost += out.cost * active
         ep_len += active.long()
@@ -54,7 +59,8 @@ def evaluate(
         metric_count += counted.float()
         for k, v in out.info.items():
             if k.startswith("metric/"):
-                metric_sum[k] = metric_sum.get(k, torch.zeros(n, device=dev)) + v * counted
+                mask = active if k.startswith("metric/cost/") else counted
+                metric_sum[k] = metric_sum.get(k, torch.zeros(n, device=dev)) + v * mask
                 metric_last[k] = torch.where(active, v, metric_last.get(k, v))
         fell |= active & out.terminated
         active &= ~(out.terminated | out.truncated)
@@ -70,23 +76,14 @@ def evaluate(
     }
     # An episode that ended before the warm-up (a fall) is scored by its last step, not dropped.
     for k, v in metric_sum.items():
-        per_episode = torch.where(metric_count > 0, v / metric_count.clamp(min=1), metric_last[k])
+        if k.startswith("metric/cost/"):
+            per_episode = v / ep_len.clamp(min=1)
+        else:
+            per_episode = torch.where(metric_count > 0, v / metric_count.clamp(min=1), metric_last[k])
         result[k.split("/", 1)[1]] = per_episode.mean().item()
-    if video_path is not None and frames:
-        write_video(video_path, torch.stack(frames), fps=round(1.0 / env.dt))
+    if video is not None and video.frames:
+        video.write(video_path)
     return result
-
-
-def write_video(path: str | Path, frames: torch.Tensor, fps: int) -> Path:
-    """frames: (T, 3, H, W) uint8 -> an H.264 mp4."""
-    import imageio.v2 as imageio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=7, macro_block_size=8) as w:
-        for f in frames.permute(0, 2, 3, 1).cpu().numpy():
-            w.append_data(f)
-    return path
 
 
 def check_thresholds(result: Mapping[str, Any], eval_cfg: Mapping[str, Any]) -> dict[str, bool]:

@@ -17,7 +17,12 @@ from embodied.logger import RunLogger
 
 
 class EpisodeTracker:
-    """Running returns/lengths per env; the last ``window`` finished episodes give the means."""
+    """Running returns/lengths per env; the last ``window`` finished episodes give the means.
+
+    Each ``info["metric/<name>"]`` the task reports is also tracked per episode, as its mean over the
+    episode (``episode/<name>``) and its value at the episode's last step (``episode/<name>_final``,
+    e.g. whether a manipulation episode *ended* at its goal).
+    """
 
     def __init__(self, num_envs: int, device: torch.device, window: int = 200) -> None:
         self.ret = torch.zeros(num_envs, device=device)
@@ -26,6 +31,8 @@ class EpisodeTracker:
         self.finished_ret: list[torch.Tensor] = []
         self.finished_len: list[torch.Tensor] = []
         self.log_sums: dict[str, torch.Tensor] = {}
+        self.metric_sum: dict[str, torch.Tensor] = {}
+        self.finished_metric: dict[str, list[torch.Tensor]] = {}
         self.steps = 0
 
     def add(self, out: StepOut) -> None:
@@ -34,11 +41,17 @@ class EpisodeTracker:
         done = out.terminated | out.truncated
         self.finished_ret.append(self.ret[done])
         self.finished_len.append(self.length[done])
-        self.ret = torch.where(done, 0.0, self.ret)
-        self.length = torch.where(done, 0.0, self.length)
         for k, v in out.info.items():
             if k.startswith("log/"):
                 self.log_sums[k] = self.log_sums.get(k, 0.0) + v
+            elif k.startswith("metric/"):
+                name = k.removeprefix("metric/")
+                total = self.metric_sum.get(name, torch.zeros_like(self.ret)) + v
+                done_rows = self.finished_metric.setdefault(name, [])
+                done_rows.append(torch.stack([total[done] / self.length[done], v[done]], -1))
+                self.metric_sum[name] = torch.where(done, 0.0, total)
+        self.ret = torch.where(done, 0.0, self.ret)
+        self.length = torch.where(done, 0.0, self.length)
         self.steps += 1
 
     def pop(self, dt: float) -> dict[str, float]:
@@ -49,6 +62,12 @@ class EpisodeTracker:
         if ret.numel():
             stats["train/mean_episode_reward"] = ret.mean().item()
             stats["train/mean_episode_length_s"] = length.mean().item() * dt
+        for name, rows in self.finished_metric.items():
+            last = torch.cat(rows)[-self.window :]
+            self.finished_metric[name] = [last]
+            if last.numel():
+                stats[f"episode/{name}"] = last[:, 0].mean().item()
+                stats[f"episode/{name}_final"] = last[:, 1].mean().item()
         self.finished_ret, self.finished_len, self.log_sums, self.steps = [ret], [length], {}, 0
         return stats
 

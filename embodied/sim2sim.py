@@ -107,7 +107,7 @@ def run_target(
         fell.append(down)
         lengths.append(t + 1)
     if frames:
-        from embodied.evaluate import write_video
+        from embodied.video import write_video
 
         write_video(
             video_path,

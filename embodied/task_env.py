@@ -124,7 +124,8 @@ class TaskEnv:
 
         log: dict[str, torch.Tensor] = {}
         reward = weighted_sum(self.rewards, s, self.num_envs, self.device, self.dt, log, "log/reward")
-        cost = weighted_sum(self.costs, s, self.num_envs, self.device, 1.0, log, "log/cost")
+        cost_terms: dict[str, torch.Tensor] = {}
+        cost = weighted_sum(self.costs, s, self.num_envs, self.device, 1.0, log, "log/cost", cost_terms)
         terminated = unstable.clone()
         for t in self.terminations:
             hit = t(s)
@@ -138,7 +139,9 @@ class TaskEnv:
         log.update(self._dr_log)
         log["log/sim/unstable_resets"] = unstable.sum()
         log["log/sim/nan_actions"] = bad.sum()
-        info = {"final_obs": obs, **log, **{f"metric/{k}": v for k, v in self._metrics(s).items()}}
+        # Per-env metrics, including each cost term, so evaluation and videos can report cost events.
+        metrics = {**self._metrics(s), **{f"cost/{k}": v for k, v in cost_terms.items()}}
+        info = {"final_obs": obs, **log, **{f"metric/{k}": v for k, v in metrics.items()}}
         if bool(done.any()):
             self._reset(done)
             obs = self._observe(self.state)

@@ -140,7 +140,9 @@ def test_dls_step_realises_a_small_commanded_twist():
 
 
 def test_ee_delta_action_moves_the_end_effector_toward_the_command():
-    env = _env("arm_reach", 4, action_mode="ee_delta", reset={"joint_pos_noise": 0.0})
+    env = _env(
+        "arm_reach", 4, action_mode="ee_delta", ik={"orientation": "free"}, reset={"joint_pos_noise": 0.0}
+    )
     assert env.action_dim == 6
     env.reset(seed=0)
     cmd = torch.zeros(4, 6)
@@ -157,12 +159,28 @@ def test_ee_delta_action_moves_the_end_effector_toward_the_command():
     env.close()
 
 
+def test_hold_orientation_keeps_the_hand_pointing_down_under_random_translations():
+    env = _env("arm_push", 8, action_mode="ee_delta", ik={"orientation": "hold"})
+    assert env.action_dim == 4, "3-D translation + gripper"
+    env.reset(seed=0)
+    g = torch.Generator().manual_seed(0)
+    start = env.state.ee_pos.clone()
+    for _ in range(40):
+        env.step(torch.rand(8, 4, generator=g) * 2 - 1)
+    home_z = env.home_ee_rot[0, :, 2]
+    tilt = torch.acos((env.state.ee_rot[:, :, 2] @ home_z).clamp(-1, 1))
+    assert float(tilt.max()) < 0.15, f"hand tilted {float(tilt.max()):.3f} rad from its home orientation"
+    assert float((env.state.ee_pos - start).norm(dim=-1).max()) > 0.02, "the translations moved the hand"
+    env.close()
+
+
 # -- bad input ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("task", "overrides", "message"),
     [
         ("arm_reach", {"action_mode": "cartesian"}, "unknown action_mode 'cartesian'"),
         ("arm_reach", {"objective": "stack"}, "unknown objective 'stack'"),
+        ("arm_reach", {"ik": {"orientation": "tilted"}}, "unknown ik.orientation 'tilted'"),
         ("arm_reach", {"goal": {"x": [1.1, 1.3], "y": [0, 0], "z": [0.3, 0.3]}}, "goal range is unreachable"),
         ("arm_reach", {"goal": {"x": [0.4, 0.5], "y": [0, 0], "z": [-0.2, 0.3]}}, "goes below the table"),
         ("arm_pick_place", {"object": {"x": [0.4, 0.4], "y": [0.59, 0.59]}}, "leaves the table top"),
@@ -182,11 +200,11 @@ def test_cli_reports_unknown_action_mode_on_one_line(tmp_path, capsys):
 
 
 def test_only_joint_position_reach_has_an_action_affine():
-    env = _env("arm_reach", 2)
+    env = _env("arm_reach", 2, action_mode="joint_position")
     offset, scale = env.action_affine()
     assert offset.shape == scale.shape == (7,)
     env.close()
-    env = _env("arm_push", 2)
+    env = _env("arm_push", 2, action_mode="joint_position")
     assert env.action_dim == 8
     with pytest.raises(ConfigError, match="binary"):
         env.action_affine()

@@ -10,7 +10,9 @@ Actions, (N, A) in [-1, 1]: ``joint_position`` gives 7 joint targets ``home + ac
 translation ``ik.pos_scale * a[:3]`` m and rotation vector ``ik.rot_scale * a[3:6]`` rad), turned into
 joint targets by one damped-least-squares step on the geometric Jacobian of ``ArmKinematics``: a
 batched torch forward kinematics of the chain (7 small matmuls per step for all N envs, no per-env
-MuJoCo calls). push and pick_place add one gripper dim: >= 0 opens, < 0 closes.
+MuJoCo calls). With ``ik.orientation: hold`` the policy gives only the 3-D translation and the IK
+step steers the hand back to its home orientation (Fetch-style position control, which is what a
+top-down push or grasp needs). push and pick_place add one gripper dim: >= 0 opens, < 0 closes.
 
 Success (``info["metric/success"]``, per env, every step) means the goal condition holds at that
 step: reach, the end effector within ``success_threshold`` of the target; push, the cube's centre
@@ -36,6 +38,7 @@ from sim.backend import SimBackend, SimConfigError
 
 OBJECTIVES = ("reach", "push", "pick_place")
 ACTION_MODES = ("joint_position", "ee_delta")
+IK_ORIENTATIONS = ("free", "hold")
 ARM_DOF = 7
 
 
@@ -142,6 +145,15 @@ class ArmKinematics:
         return ee, rot @ self.site_rot, jac, o.transpose(1, 2)
 
 
+def _rotvec(r: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) rotation matrices -> (N, 3) rotation vectors (axis * angle), angle in [0, pi)."""
+    cos = ((r.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
+    angle = torch.acos(cos)
+    axis = torch.stack([r[:, 2, 1] - r[:, 1, 2], r[:, 0, 2] - r[:, 2, 0], r[:, 1, 0] - r[:, 0, 1]], -1)
+    # axis has norm 2 sin(angle); near angle 0 the ratio angle / (2 sin angle) tends to 1/2.
+    return axis * torch.where(angle > 1e-4, angle / (2 * torch.sin(angle)).clamp(min=1e-8), 0.5)[:, None]
+
+
 def dls_ik(jac: torch.Tensor, err: torch.Tensor, damping: float) -> torch.Tensor:
     """Damped least squares: dq = J^T (J J^T + damping^2 I)^-1 err; jac (N, 6, J), err (N, 6) -> (N, J)."""
     jjt = jac @ jac.transpose(1, 2) + damping**2 * torch.eye(jac.shape[1], device=jac.device)
@@ -200,21 +212,29 @@ class ArmEnv(TaskEnv):
         self._dof_adr = torch.as_tensor(info.dof_adr, device=dev)
         self.home_qpos = torch.as_tensor(info.home_qpos, dtype=torch.float32, device=dev)
         self.default_joint_pos = self.home_qpos[self._qpos_adr[:ARM_DOF]]
+        self.home_ee_rot = self.kin.forward(self.default_joint_pos[None])[1]  # (1, 3, 3)
         jr = torch.as_tensor(info.joint_range, dtype=torch.float32, device=dev)
         self.joint_hard_limits, self.gripper_range = jr[:ARM_DOF], jr[ARM_DOF]
         mid, half_range = jr[:ARM_DOF].mean(-1), 0.5 * (jr[:ARM_DOF, 1] - jr[:ARM_DOF, 0])
         soft = float(cfg.get("soft_joint_limit", 0.95))
         self.joint_soft_limits = torch.stack([mid - soft * half_range, mid + soft * half_range], -1)
 
+        ik = dict(cfg.get("ik") or {})
+        self.ik_orientation = ik.get("orientation", "free")
+        if self.ik_orientation not in IK_ORIENTATIONS:
+            raise ConfigError(
+                f"unknown ik.orientation {self.ik_orientation!r}; choose one of {', '.join(IK_ORIENTATIONS)}"
+            )
         self.use_gripper = self.objective != "reach"
-        arm_dims = ARM_DOF if self.action_mode == "joint_position" else 6
+        arm_dims = {"joint_position": ARM_DOF, "ee_delta": 6 if self.ik_orientation == "free" else 3}
+        arm_dims = arm_dims[self.action_mode]
         self._num_actions = self.action_dim = arm_dims + int(self.use_gripper)
         self.action_scale = float(cfg.get("action_scale", 0.5))
-        ik = dict(cfg.get("ik") or {})
         self.ik_pos_scale = float(ik.get("pos_scale", 0.03))  # metres per unit action per step
         self.ik_rot_scale = float(ik.get("rot_scale", 0.15))  # radians per unit action per step
         self.ik_damping = float(ik.get("damping", 0.05))
         self.ik_max_lag = float(ik.get("max_lag", 0.2))  # rad between target and measured joint
+        self.ik_hold_gain = float(ik.get("hold_gain", 0.5))  # hold: fraction of the tilt removed per step
         self.success_threshold = float(cfg.get("success_threshold", 0.03))
         self.reset_cfg = dict(cfg.get("reset") or {})
 
@@ -248,7 +268,13 @@ class ArmEnv(TaskEnv):
             # servo lag does not bend the commanded direction; they stay within max_lag of the
             # measured joints, so a blocked arm does not wind up.
             s, lim, lag = self.state, self.joint_hard_limits, self.ik_max_lag
-            err = torch.cat([self.ik_pos_scale * action[:, :3], self.ik_rot_scale * action[:, 3:6]], -1)
+            if self.ik_orientation == "free":
+                rot_err = self.ik_rot_scale * action[:, 3:6]
+            else:  # steer the hand back to its home orientation
+                rot_err = (self.ik_hold_gain * _rotvec(self.home_ee_rot @ s.ee_rot.transpose(1, 2))).clamp(
+                    -self.ik_rot_scale, self.ik_rot_scale
+                )
+            err = torch.cat([self.ik_pos_scale * action[:, :3], rot_err], -1)
             arm = self._ik_target + dls_ik(s.jacobian, err, self.ik_damping)
             arm = torch.minimum(torch.maximum(arm, s.joint_pos - lag), s.joint_pos + lag)
             arm = self._ik_target = arm.clamp(lim[:, 0], lim[:, 1])

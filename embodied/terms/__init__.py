@@ -52,12 +52,24 @@ def build_terms(
 
 
 def weighted_sum(
-    terms: list[Term], state: Any, num_envs: int, device: torch.device, scale: float, log: dict, prefix: str
+    terms: list[Term],
+    state: Any,
+    num_envs: int,
+    device: torch.device,
+    scale: float,
+    log: dict,
+    prefix: str,
+    per_env: dict | None = None,
 ) -> torch.Tensor:
-    """Sum of weight * scale * term(state), logging each term's batch mean as ``prefix/<name>``."""
+    """Sum of weight * scale * term(state), logging each term's batch mean as ``prefix/<name>``.
+
+    ``per_env``, when given, also receives each weighted term's (N,) values under its name.
+    """
     total = torch.zeros(num_envs, device=device)
     for t in terms:
         value = t(state) * (t.weight * scale)
         log[f"{prefix}/{t.name}"] = value.mean()
+        if per_env is not None:
+            per_env[t.name] = value
         total += value
     return total

@@ -37,6 +37,19 @@ def ee_object_tanh(s, std: float = 0.1) -> torch.Tensor:
     return _tanh_kernel((s.ee_pos - s.object_pos).norm(dim=-1), std)
 
 
+def push_pose(s, offset: float) -> torch.Tensor:
+    """(N, 3) where the end effector should be to push the cube toward its goal: ``offset`` m behind
+    the cube's centre on the goal-cube line, at the cube's height."""
+    away = s.object_pos[:, :2] - s.goal_pos[:, :2]
+    away = away / away.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    return torch.cat([s.object_pos[:, :2] + offset * away, s.object_pos[:, 2:]], -1)
+
+
+def ee_push_pose_tanh(s, std: float = 0.1, offset: float = 0.05) -> torch.Tensor:
+    """End effector close to the push pose behind the cube (tanh kernel): the approach for pushing."""
+    return _tanh_kernel((s.ee_pos - push_pose(s, offset)).norm(dim=-1), std)
+
+
 def object_goal_tanh(s, std: float = 0.1, min_lift: float = -1.0, xy_only: bool = False) -> torch.Tensor:
     """Cube close to its goal (tanh kernel); paid only while lifted above ``min_lift`` when >= 0."""
     err = s.object_pos - s.goal_pos
@@ -151,6 +164,7 @@ MANIP_REWARDS = _table(
     ee_goal_tanh,
     ee_goal_distance,
     ee_object_tanh,
+    ee_push_pose_tanh,
     object_goal_tanh,
     object_lifted,
     object_grasped,

@@ -63,7 +63,7 @@ def overlay_costs(frame: torch.Tensor, costs: Mapping[str, float]) -> torch.Tens
         draw.rectangle([i, i, w - 1 - i, h - 1 - i], outline=RED)
     for row, name in enumerate(active):
         draw.text((BORDER + 3, BORDER + 2 + 11 * row), f"cost: {name}", fill=RED)
-    return torch.from_numpy(np.asarray(img)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
 
 
 def write_video(path: str | Path, frames: torch.Tensor, fps: int) -> Path:

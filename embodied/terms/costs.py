@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from embodied.terms.driving import DRIVE_COSTS
 from embodied.terms.manipulation import MANIP_COSTS
 
 
@@ -25,3 +26,4 @@ def torque_limit_hit(s, fraction: float = 0.99) -> torch.Tensor:
 
 COSTS = {f.__name__: f for f in (undesired_contact, joint_limit_violation, torque_limit_hit)}
 COSTS.update(MANIP_COSTS)  # arm manipulation terms (embodied/terms/manipulation.py)
+COSTS.update(DRIVE_COSTS)  # driving terms (embodied/terms/driving.py)

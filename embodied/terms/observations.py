@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from embodied.terms.driving import DRIVE_OBSERVATIONS
 from embodied.terms.manipulation import MANIP_OBSERVATIONS
 
 
@@ -73,3 +74,4 @@ OBSERVATIONS = {
     )
 }
 OBSERVATIONS.update(MANIP_OBSERVATIONS)  # arm manipulation terms (embodied/terms/manipulation.py)
+OBSERVATIONS.update(DRIVE_OBSERVATIONS)  # driving terms (embodied/terms/driving.py)

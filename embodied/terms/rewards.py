@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from embodied.terms.driving import DRIVE_REWARDS
 from embodied.terms.manipulation import MANIP_REWARDS
 
 
@@ -106,3 +107,4 @@ REWARDS = {
     )
 }
 REWARDS.update(MANIP_REWARDS)  # arm manipulation terms (embodied/terms/manipulation.py)
+REWARDS.update(DRIVE_REWARDS)  # driving terms (embodied/terms/driving.py)

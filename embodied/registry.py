@@ -32,9 +32,16 @@ def _manipulation(cfg: Mapping[str, Any], backend: Any, seed: int) -> BatchedEnv
     return ArmEnv(cfg, backend, seed)
 
 
+def _driving(cfg: Mapping[str, Any], backend: Any, seed: int) -> BatchedEnv:
+    from embodied.tasks.driving import DrivingEnv
+
+    return DrivingEnv(cfg, backend, seed)
+
+
 FAMILIES: dict[str, Callable[[Mapping[str, Any], Any, int], BatchedEnv]] = {
     "locomotion": _locomotion,
     "manipulation": _manipulation,
+    "driving": _driving,
 }
 
 
@@ -68,8 +75,12 @@ def make_env(
     nthread: int = 1,
     seed: int = 0,
     overrides: Mapping[str, Any] | None = None,
+    sim_options: Mapping[str, Any] | None = None,
 ) -> BatchedEnv:
-    """Build a task's batched env: a registered name or a full task config mapping."""
+    """Build a task's batched env: a registered name or a full task config mapping.
+
+    ``sim_options`` are the engine's own keys from its sim config (see configs/sim/<engine>.yaml).
+    """
     cfg = task_config(task) if isinstance(task, str) else OmegaConf.create(dict(task))
     if overrides:
         cfg = OmegaConf.merge(cfg, overrides)
@@ -89,6 +100,7 @@ def make_env(
             decimation=int(plain.get("decimation", 1)),
             nthread=nthread,
             physics_dt=plain.get("physics_dt"),
+            options=sim_options,
         )
     except SimConfigError as e:
         raise ConfigError(str(e)) from None

@@ -27,14 +27,16 @@ def set_threads(cfg: DictConfig) -> None:
 
 def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = None) -> BatchedEnv:
     task = OmegaConf.to_container(cfg.task, resolve=True)
+    sim = OmegaConf.to_container(cfg.sim, resolve=True)
     n = next(v for v in (num_envs, cfg.get("num_envs"), task["num_envs"]) if v is not None)
     return make_env(
         task,
         num_envs=int(n),
-        engine=str(cfg.sim.engine),
+        engine=str(sim.pop("engine")),
         device=str(cfg.device),
-        nthread=int(cfg.sim.get("nthread", 1)),
+        nthread=int(sim.pop("nthread", 1)),
         seed=int(cfg.seed if seed is None else seed),
+        sim_options=sim,
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import importlib.util
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -56,7 +58,20 @@ class SimBackend(Protocol):
         ...
 
 
-BACKENDS = ("mujoco",)
+# Each engine's backend class; its module's OPTIONS names the keys its sim config may add.
+_CLASSES = {
+    "mujoco": ("sim.mujoco_backend", "MujocoBackend"),
+    "mjwarp": ("sim.mjwarp_backend", "MjwarpBackend"),
+    "genesis": ("sim.genesis_backend", "GenesisBackend"),
+}
+BACKENDS = tuple(_CLASSES)
+# Engines that need an optional package: (module it imports, distribution to install).
+_OPTIONAL = {"mjwarp": ("mujoco_warp", "mujoco-warp"), "genesis": ("genesis", "genesis-world")}
+
+
+def available_backends() -> tuple[str, ...]:
+    """The engines of ``BACKENDS`` whose packages are installed here."""
+    return tuple(e for e in BACKENDS if e not in _OPTIONAL or importlib.util.find_spec(_OPTIONAL[e][0]))
 
 
 def make_backend(
@@ -68,17 +83,31 @@ def make_backend(
     decimation: int = 1,
     nthread: int = 1,
     physics_dt: float | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> SimBackend:
-    """Build the named engine's backend for a model file (MJCF or URDF)."""
-    if engine == "mujoco":
-        from sim.mujoco_backend import MujocoBackend
+    """Build the named engine's backend for a model file (MJCF or URDF).
 
-        return MujocoBackend(
-            model_path,
-            num_envs,
-            device,
-            decimation=decimation,
-            nthread=nthread,
-            physics_dt=physics_dt,
+    ``options`` are the engine's own keys from its sim config (e.g. mjwarp's ``warp_device``).
+    """
+    if engine in _OPTIONAL and engine not in available_backends():
+        raise SimConfigError(f"{engine} needs `pip install -e .[{engine}]` ({_OPTIONAL[engine][1]})")
+    if engine not in _CLASSES:
+        raise SimConfigError(f"unknown sim engine {engine!r}; choose one of {', '.join(BACKENDS)}")
+    module_name, class_name = _CLASSES[engine]
+    module = importlib.import_module(module_name)
+    known = tuple(getattr(module, "OPTIONS", ()))
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SimConfigError(
+            f"unknown {engine} option(s) {', '.join(unknown)}; known: {', '.join(known) or 'none'}"
         )
-    raise SimConfigError(f"unknown sim engine {engine!r}; choose one of {', '.join(BACKENDS)}")
+    return getattr(module, class_name)(
+        model_path,
+        num_envs,
+        device,
+        decimation=decimation,
+        nthread=nthread,
+        physics_dt=physics_dt,
+        **options,
+    )

@@ -84,3 +84,17 @@ class ModelInfo:
             kd=kd,
             home_qpos=home,
         )
+
+
+def sensor_slice(model: mujoco.MjModel, name: str) -> slice:
+    """Columns of sensordata that hold the named sensor; a one-line error when there is none."""
+    try:
+        sid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SENSOR, name)
+    except ValueError:
+        sid = -1
+    if sid < 0:
+        from sim.backend import SimConfigError
+
+        raise SimConfigError(f"model has no sensor named {name!r}")
+    adr = int(model.sensor_adr[sid])
+    return slice(adr, adr + int(model.sensor_dim[sid]))

@@ -17,9 +17,9 @@ from mujoco import rollout
 
 from sim.assets import load_model
 from sim.backend import SimConfigError
-from sim.model_info import ModelInfo
+from sim.model_info import ModelInfo, sensor_slice
 from sim.randomize import PhysicsParams
-from sim.render import BatchRenderer
+from sim.render import RendererCache
 from sim.state import SimState
 
 _FULL = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
@@ -109,7 +109,7 @@ class MujocoBackend:
         # rollout's last argument divides the batch into nthread * divisor chunks.
         self._chunk_divisor = 4
         # One batched renderer per (width, height, camera), made on the first render() call.
-        self._renderers: dict[tuple[int, int, str | int], BatchRenderer] = {}
+        self._renderers = RendererCache(self.model)
         self._publish()
 
     # -- contract ---------------------------------------------------------------------------
@@ -201,31 +201,17 @@ class MujocoBackend:
         return self._view
 
     def sensor(self, name: str) -> slice:
-        try:
-            sid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SENSOR, name)
-        except ValueError:
-            sid = -1
-        if sid < 0:
-            raise SimConfigError(f"model has no sensor named {name!r}")
-        adr = int(self.model.sensor_adr[sid])
-        return slice(adr, adr + int(self.model.sensor_dim[sid]))
+        return sensor_slice(self.model, name)
 
     def render(self, env_ids: list[int], width: int, height: int, camera: str | int = -1) -> torch.Tensor:
         """Frames of the chosen envs, (n, 3, H, W) uint8, drawn as tiles of one offscreen buffer."""
-        key = (width, height, camera)
-        r = self._renderers.get(key)
-        if r is None or r.max_envs < len(env_ids):
-            if r is not None:
-                r.close()
-            r = self._renderers[key] = BatchRenderer(self.model, width, height, max(1, len(env_ids)), camera)
+        r = self._renderers.get(width, height, len(env_ids), camera)
         ids = np.asarray(env_ids, dtype=np.int64)
         models = None if self._nominal is None else [self._models[i] for i in ids]
         return r.render(self._state_np[ids], spec=_FULL, models=models).to(self.device)
 
     def close(self) -> None:
-        for r in self._renderers.values():
-            r.close()
-        self._renderers.clear()
+        self._renderers.close()
         if self._pool is not None:
             self._pool.close()
             self._pool = None

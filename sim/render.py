@@ -279,3 +279,25 @@ class BatchRenderer:
         out[: full * cols].reshape(full, cols, 3, h, w)[:] = tiles[:full]
         if n > full * cols:
             out[full * cols :] = tiles[full, : n - full * cols]
+
+
+class RendererCache:
+    """One ``BatchRenderer`` per (width, height, camera), grown when more envs are asked for."""
+
+    def __init__(self, model: mujoco.MjModel) -> None:
+        self.model = model
+        self._renderers: dict[tuple[int, int, str | int], BatchRenderer] = {}
+
+    def get(self, width: int, height: int, num_envs: int, camera: str | int) -> BatchRenderer:
+        key = (width, height, camera)
+        r = self._renderers.get(key)
+        if r is None or r.max_envs < num_envs:
+            if r is not None:
+                r.close()
+            r = self._renderers[key] = BatchRenderer(self.model, width, height, max(1, num_envs), camera)
+        return r
+
+    def close(self) -> None:
+        for r in self._renderers.values():
+            r.close()
+        self._renderers.clear()

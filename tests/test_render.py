@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import sim.mujoco_backend
+import sim.render
 from embodied.registry import make_env
 from sim.backend import SimConfigError, make_backend
 from sim.render import FULLPHYSICS, BatchRenderer
@@ -64,13 +64,13 @@ def test_rgb_is_absent_and_no_renderer_is_made_when_disabled(monkeypatch):
     def no_renderer(*args, **kwargs):
         raise AssertionError("a renderer was created although rgb is off")
 
-    monkeypatch.setattr(sim.mujoco_backend, "BatchRenderer", no_renderer)
+    monkeypatch.setattr(sim.render, "BatchRenderer", no_renderer)
     env = make_env("go2_velocity", num_envs=2)
     assert env.rgb_shape is None
     assert "rgb" not in env.reset()
     out = env.step(torch.zeros(2, env.action_dim))
     assert "rgb" not in out.obs and "rgb" not in out.info["final_obs"]
-    assert env.backend._renderers == {}
+    assert env.backend._renderers._renderers == {}
     env.close()
 
 

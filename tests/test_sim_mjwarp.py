@@ -143,7 +143,7 @@ def test_model_feature_the_engine_lacks_is_a_one_line_error_naming_it(tmp_path):
 def test_unknown_option_is_refused():
     with pytest.raises(SimConfigError, match=r"unknown mjwarp option.*nconmaxx.*known: warp_device"):
         make_backend("mjwarp", "go2_flat.xml", 1, options={"nconmaxx": 10})
-    with pytest.raises(SimConfigError, match="unknown mujoco option.*known: none"):
+    with pytest.raises(SimConfigError, match=r"unknown mujoco option.*known: none"):
         make_backend("mujoco", "go2_flat.xml", 1, options={"warp_device": "cpu"})
 
 

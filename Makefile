@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/policy_latency.py
 	$(BIN)/python benchmarks/render_throughput.py
+	$(BIN)/python benchmarks/engines.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,7 +1,7 @@
 """Physics engines side by side on the go2_velocity task: env-steps/s at several N, build time,
 kernel compile time (cold and cached) and peak memory.
 
-    python benchmarks/engines.py [--engines mujoco mjwarp] [--num-envs 1 16 128 1024]
+    python benchmarks/engines.py [--engines mujoco mjwarp genesis] [--num-envs 1 16 128 1024]
                                  [--mode env|backend] [--seconds 5] [--cold] [--gpu]
 
 ``--mode env`` (default) steps the task env with uniform random actions in [-1, 1] (terms,
@@ -13,8 +13,7 @@ so "build" is that process's env construction (with a warm kernel cache for mjwa
 RSS" its own high-water mark. ``--cold`` adds one build per engine into an empty kernel cache
 (what a first run on a new machine pays). ``--gpu`` is ``--device cuda``: tensors and (for
 mjwarp) the physics on the GPU, plus the device's used memory at the end of each run. An engine
-not installed here is skipped; ``--engines mujoco genesis`` benchmarks the Genesis backend (its
-``--cold`` build compiles into an empty Genesis kernel cache too).
+not installed here is skipped; for Genesis, ``--cold`` compiles into an empty Genesis kernel cache.
 """
 
 from __future__ import annotations
@@ -130,7 +129,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--engines", nargs="+", default=["mujoco", "mjwarp"])
+    ap.add_argument("--engines", nargs="+", default=["mujoco", "mjwarp", "genesis"])
     ap.add_argument("--num-envs", nargs="+", type=int, default=[1, 16, 128, 1024])
     ap.add_argument("--mode", choices=("env", "backend"), default="env")
     ap.add_argument("--device", default="cpu")

@@ -60,7 +60,8 @@ class ModelInfo:
             if m.nu
             else np.zeros((0, 2))
         )
-        is_servo = m.actuator_biastype == mujoco.mjtBias.mjBIAS_AFFINE
+        # A position servo is an affine bias with a position term (-kp); a velocity servo has none.
+        is_servo = (m.actuator_biastype == mujoco.mjtBias.mjBIAS_AFFINE) & (m.actuator_biasprm[:, 1] != 0)
         kp = np.where(is_servo, m.actuator_gainprm[:, 0], 0.0)
         kd = np.where(is_servo, -m.actuator_biasprm[:, 2], 0.0)
         home = m.qpos0.copy()

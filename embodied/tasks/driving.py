@@ -164,8 +164,8 @@ class DrivingEnv(TaskEnv):
         physics_keys = sorted(set(cfg.get("randomization") or {}) & {*RANGES, "com_offset", "push"})
         if physics_keys:
             raise ConfigError(
-                f"driving takes no physics randomization (sim/randomize.py would rescale its velocity "
-                f"servos as position servos); drop {physics_keys}"
+                f"driving randomizes latency_steps only (per-env physics of the road, obstacle and "
+                f"traffic bodies is not set up); drop {physics_keys}"
             )
         try:
             model = load_model(cfg["model"])

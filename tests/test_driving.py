@@ -247,7 +247,7 @@ def test_rays_clip_at_max_range_and_read_zero_from_inside_a_box():
         ({"route": {"num_waypoints": 60}}, "does not fit on the model's 192 m road"),
         ({"route": {"length": 50}}, "unknown route keys"),
         ({"traffic": {"count": 9}}, r"traffic.count must be in \[0, 4\]"),
-        ({"randomization": {"friction": [0.8, 1.2]}}, "takes no physics randomization"),
+        ({"randomization": {"friction": [0.8, 1.2]}}, "randomizes latency_steps only"),
     ],
 )
 def test_bad_config_is_a_one_line_config_error(overrides, message):

@@ -24,13 +24,13 @@ train: $(STAMP)
 # (~1.5 CPU-minutes on an empty cache, most of it shared by all models; seconds once cached),
 # so that no test pays for a compile.
 warm-mjwarp: $(STAMP)
-	$(BIN)/python -m sim.mjwarp_backend $$($(BIN)/python -c "from embodied.registry import task_config as c, \
+	$(BIN)/python -m sim.warm mjwarp $$($(BIN)/python -c "from embodied.registry import task_config as c, \
 	task_names as t; print(*sorted({str(c(n).model) for n in t()}))")
 
 # The same for Genesis: its kernels are shared by all models (~3 CPU-minutes on an empty cache,
 # ~35 s once cached), into $EMBODIED_GENESIS_CACHE or ~/.cache/embodied/genesis.
 warm-genesis: $(STAMP)
-	$(BIN)/python -m sim.genesis_backend $$($(BIN)/python -c "from embodied.registry import task_config as c, \
+	$(BIN)/python -m sim.warm genesis $$($(BIN)/python -c "from embodied.registry import task_config as c, \
 	task_names as t; print(*sorted({str(c(n).model) for n in t()}))")
 
 # Both engines' compiles at once: each is mostly one thread, and CI has two cores.

@@ -8,7 +8,7 @@ device) into a SimState. There is no per-env Python work and no host round trip 
 
 Warp compiles its kernels on first use (about a minute per model on a CPU) into a kernel cache,
 ``sim.cache_dir`` / ``$EMBODIED_WARP_CACHE``, by default ``$XDG_CACHE_HOME/embodied/warp``;
-later starts load them from there in about a second. ``python -m sim.mjwarp_backend MODEL...``
+later starts load them from there in about a second. ``python -m sim.warm mjwarp MODEL...``
 fills the cache ahead of time.
 """
 
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -389,31 +387,3 @@ def default_njmax(m: mujoco.MjModel, nconmax: int) -> int:
     per_contact = 2 * (condim - 1) if m.opt.cone == mujoco.mjtCone.mjCONE_PYRAMIDAL else condim
     rows = int(m.jnt_limited.sum() + (m.dof_frictionloss > 0).sum() + 6 * m.neq + m.ntendon)
     return -(-(rows + nconmax * max(per_contact, 1)) // 16) * 16
-
-
-def warm(models: list[str], cache_dir: str | Path | None = None, num_envs: int = 2) -> dict[str, float]:
-    """Compile (or load) the kernels each model needs into the cache; seconds per model."""
-    took = {}
-    for path in models:
-        t0 = time.perf_counter()
-        b = MjwarpBackend(path, num_envs, cache_dir=cache_dir)
-        b.step(torch.zeros(num_envs, b.nu))
-        b.close()
-        took[path] = time.perf_counter() - t0
-    return took
-
-
-def _main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m sim.mjwarp_backend MODEL [MODEL ...]   (fills the Warp kernel cache)")
-        return 0 if argv else 2
-    t0 = time.perf_counter()
-    took = warm(argv)
-    for path, s in took.items():
-        print(f"mjwarp kernels for {path}: {s:.1f} s")
-    print(f"mjwarp kernel cache {Path(wp.config.kernel_cache_dir)} ready in {time.perf_counter() - t0:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

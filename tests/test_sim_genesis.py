@@ -186,7 +186,7 @@ def test_unknown_option_is_refused():
 
 @needs_genesis
 def test_kernel_cache_dir_comes_from_env_then_xdg(monkeypatch, tmp_path):
-    from sim.genesis_backend import default_cache_dir
+    from sim.genesis_setup import default_cache_dir
 
     monkeypatch.setenv("EMBODIED_GENESIS_CACHE", str(tmp_path / "kc"))
     assert default_cache_dir() == tmp_path / "kc"

@@ -99,13 +99,14 @@ def cmd_train(args: list[str]) -> int:
         run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / str(cfg.task.name) / stamp
         if (run_dir / "config.yaml").exists():
             raise ConfigError(f"{run_dir} already holds a run; use resume={run_dir} to continue it")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     set_threads(cfg)
     torch.manual_seed(int(cfg.seed))
     env = build_env(cfg)
     alg = build_algo(cfg, env, build_policy(cfg, env))
+    if not resume:  # written once the config has built: a rejected config leaves no run behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     start_it, start_steps = 0, 0
     if resume:
         path = latest_checkpoint(run_dir)

@@ -120,6 +120,7 @@ def test_eval_unknown_option(tmp_path):
 @pytest.mark.parametrize("bad", ["num_envs=0", "sim.nthread=0"])
 def test_invalid_sizes(tmp_path, bad):
     assert_one_line_error(embodied("train", bad, f"run_dir={tmp_path}/run"), "must be >= 1")
+    assert not (tmp_path / "run").exists(), "a rejected config leaves no run directory behind"
 
 
 def test_export_on_corrupt_checkpoint(tmp_path):

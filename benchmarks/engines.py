@@ -1,24 +1,36 @@
 """Physics engines side by side on the go2_velocity task: env-steps/s at several N, build time,
-kernel compile time (cold and cached) and peak memory.
+kernel compile time (cold and cached) and peak memory; with ``--train``, PPO training on each
+engine against MuJoCo's wall time. Prints the markdown rows BENCHMARKS.md holds; exits 1 on a miss.
 
     python benchmarks/engines.py [--engines mujoco mjwarp genesis] [--num-envs 1 16 128 1024]
                                  [--mode env|backend] [--seconds 5] [--cold] [--gpu]
+                                 [--train] [--train-engines mujoco genesis] [--train-iterations 10]
 
 ``--mode env`` (default) steps the task env with uniform random actions in [-1, 1] (terms,
 observations and auto-resets included); ``--mode backend`` steps the raw backend with the home
 pose as PD targets. Env-steps/s counts every env's control step (4 physics steps of 5 ms each);
 env-steps / CPU-s divides by the process's CPU time (all its threads) instead of wall time, which
-stays meaningful on a machine shared with other jobs. Each (engine, N) runs in a fresh process,
-so "build" is that process's env construction (with a warm kernel cache for mjwarp) and "peak
-RSS" its own high-water mark. ``--cold`` adds one build per engine into an empty kernel cache
-(what a first run on a new machine pays). ``--gpu`` is ``--device cuda``: tensors and (for
-mjwarp) the physics on the GPU, plus the device's used memory at the end of each run. An engine
-not installed here is skipped; for Genesis, ``--cold`` compiles into an empty Genesis kernel cache.
+stays meaningful on a machine shared with other jobs; "vs mujoco" is the env-steps/s ratio to
+MuJoCo at the same N, in the same run. Each (engine, N) runs in a fresh process, so "build" is
+that process's env construction (with a warm kernel cache for mjwarp) and "peak RSS" its own
+high-water mark. ``--cold`` adds one build per engine into an empty kernel cache (what a first run
+on a new machine pays). ``--gpu`` is ``--device cuda``: tensors and (for mjwarp) the physics on the
+GPU, plus the device's used memory at the end of each run. An engine not installed here is
+skipped (and said so); for Genesis, ``--cold`` compiles into an empty Genesis kernel cache.
+
+``--train`` runs ``embodied train task=go2_velocity sim=<engine> train.max_iterations=10`` (no
+evaluation, video or export) for each of ``--train-engines``, in turn, and reads the run's
+metrics.csv: PPO and collection samples/s over iterations 3-10, and the wall time of the whole
+command (start-up included). Threshold (the issue's): an engine's wall time within
+MAX_TRAIN_WALL_RATIO x MuJoCo's.
+
+Exit status: 1 when an (engine, N) run or a training run failed, or a training ratio missed.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -31,6 +43,8 @@ from typing import Any
 
 TASK = "go2_velocity"
 ROOT = Path(__file__).resolve().parent.parent
+MAX_TRAIN_WALL_RATIO = 2.0  # an engine's training wall time / MuJoCo's
+TRAIN_ARGS = ["train.evaluate=false", "train.video=false", "train.export=false"]
 
 
 def _one(engine: str, n: int, mode: str, device: str, seconds: float, nthread: int) -> dict[str, Any]:
@@ -113,17 +127,73 @@ def _cold_build(engine: str, device: str) -> dict[str, float]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
+    """The throughput rows as BENCHMARKS.md holds them."""
     gpu = any("gpu_used_mb" in r for r in rows)
-    head = "| engine | N | env-steps/s | env-steps / CPU-s | ms / step | build (s) | peak RSS (MB) |"
+    mujoco = {r["num_envs"]: r["env_steps_per_s"] for r in rows if r["engine"] == "mujoco"}
+    head = (
+        "| engine | N | env-steps/s | vs mujoco | env-steps / CPU-s | ms / step | build (s) | peak RSS (MB) |"
+    )
     head += " GPU used (MB) |" if gpu else ""
-    lines = [head, "|---" * (8 if gpu else 7) + "|"]
+    lines = [head, "|---" * (9 if gpu else 8) + "|"]
     for r in rows:
+        ref = mujoco.get(r["num_envs"])
+        ratio = f"{r['env_steps_per_s'] / ref:.2f}x" if ref else "-"
         line = (
-            f"| {r['engine']} | {r['num_envs']} | {r['env_steps_per_s']:,.0f} | "
+            f"| {r['engine']} | {r['num_envs']} | {r['env_steps_per_s']:,.0f} | {ratio} | "
             f"{r['env_steps_per_cpu_s']:,.0f} | {r['ms_per_step']:.2f} | {r['build_s']:.1f} | "
             f"{r['peak_rss_mb']:.0f} |"
         )
         lines.append(line + (f" {r.get('gpu_used_mb', 0):.0f} |" if gpu else ""))
+    return "\n".join(lines)
+
+
+def _train(engine: str, iterations: int, device: str, run_dir: Path) -> dict[str, Any]:
+    """``embodied train`` of go2_velocity on ``engine``: wall time and samples/s from metrics.csv."""
+    cmd = [sys.executable, "-m", "embodied.cli", "train", f"task={TASK}", f"sim={engine}"]
+    cmd += [f"train.max_iterations={iterations}", *TRAIN_ARGS, f"device={device}", f"run_dir={run_dir}"]
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"engine": engine, "error": tail}
+    with (run_dir / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if int(float(r["perf/iteration"])) >= 3]
+    samples = [float(r["step"]) for r in rows]  # total samples after each iteration
+    per_iter = samples[1] - samples[0] if len(samples) > 1 else samples[0] / 3
+    seconds = sum(per_iter / float(r["perf/samples_per_s"]) for r in rows)
+    collect = sum(per_iter / float(r["perf/collection_samples_per_s"]) for r in rows)
+    return {
+        "engine": engine,
+        "samples_per_s": len(rows) * per_iter / seconds,
+        "collection_samples_per_s": len(rows) * per_iter / collect,
+        "wall_s": wall,
+        "iterations": iterations,
+        "samples_per_iteration": per_iter,
+    }
+
+
+def _train_table(runs: list[dict[str, Any]], iterations: int) -> str:
+    ref = next((r for r in runs if r["engine"] == "mujoco" and "error" not in r), None)
+    lines = [
+        f"| engine | PPO samples/s (iterations 3-{iterations}) | collection samples/s | "
+        f"wall time, {iterations} iterations incl. start-up |",
+        "|---|---|---|---|",
+    ]
+    for r in runs:
+        if "error" in r:
+            lines.append(f"| {r['engine']} | failed: {r['error']} | | |")
+            continue
+        speed = wall = ""
+        if ref is not None and r is not ref:
+            speed = f" (**{r['samples_per_s'] / ref['samples_per_s']:.2f}x**)"
+            wall = f" ({r['wall_s'] / ref['wall_s']:.1f}x)"
+        lines.append(
+            f"| {r['engine']} | {r['samples_per_s']:,.0f}{speed} | {r['collection_samples_per_s']:,.0f} | "
+            f"{r['wall_s']:.1f} s{wall} |"
+        )
     return "\n".join(lines)
 
 
@@ -137,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="timed seconds per (engine, N)")
     ap.add_argument("--nthread", type=int, default=os.cpu_count() or 1, help="CPU MuJoCo's threads")
     ap.add_argument("--cold", action="store_true", help="also time a build into an empty kernel cache")
+    ap.add_argument("--train", action="store_true", help="also train on each of --train-engines")
+    ap.add_argument("--train-engines", nargs="+", default=["mujoco", "genesis"])
+    ap.add_argument("--train-iterations", type=int, default=10)
     ap.add_argument("--out", type=Path, help="also write the results as JSON")
     ap.add_argument("--one", nargs=2, metavar=("ENGINE", "N"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -145,13 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_one(a.one[0], int(a.one[1]), a.mode, device, a.seconds, a.nthread)))
         return 0
 
-    from sim.backend import available_backends
+    from sim.backend import available_backends, unavailable_reason
 
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     engines = [e for e in a.engines if e in available_backends()]
-    skipped = sorted(set(a.engines) - set(engines))
-    if skipped:
-        print(f"skipped (not installed or unknown): {', '.join(skipped)}", file=sys.stderr)
-    rows = []
+    for e in a.engines:
+        if e not in engines:
+            print(f"skipped {e}: {unavailable_reason(e)}", file=sys.stderr)
+    rows, failed = [], []
     for engine in engines:
         for n in a.num_envs:
             cmd = [sys.executable, __file__, "--one", engine, str(n), "--mode", a.mode]
@@ -160,14 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             if p.returncode != 0:
                 tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
                 print(f"{engine} N={n} failed: {tail}", file=sys.stderr)
+                failed.append(f"{engine} N={n}: {tail}")
                 continue
             rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
             print(f"{engine:8s} N={n:5d} {rows[-1]['env_steps_per_s']:12,.0f} env-steps/s", file=sys.stderr)
-    load = (
-        f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
-        if hasattr(os, "getloadavg")
-        else ""
-    )
+    load = f", load average {load0:.1f} at the start on {os.cpu_count()} cores" if load0 is not None else ""
     print(f"\n{TASK}, mode={a.mode}, device={device}, nthread={a.nthread} (mujoco){load}\n")
     print(_table(rows))
     compile_rows = {}
@@ -177,9 +248,38 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| engine | first build, empty kernel cache (s) | next build, cached (s) |\n|---|---|---|")
         for engine, c in compile_rows.items():
             print(f"| {engine} | {c['cold_s']:.1f} | {c['cached_s']:.1f} |")
+    runs: list[dict[str, Any]] = []
+    if a.train:
+        print(f"\nembodied train task={TASK} sim=<engine> train.max_iterations={a.train_iterations} "
+              f"{' '.join(TRAIN_ARGS)}, one engine after the other\n")  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            for engine in a.train_engines:
+                if unavailable_reason(engine):
+                    print(f"skipped training on {engine}: {unavailable_reason(engine)}", file=sys.stderr)
+                    continue
+                runs.append(_train(engine, a.train_iterations, device, Path(tmp) / engine))
+        print(_train_table(runs, a.train_iterations))
+    print()
+    print(("PASS" if not failed else "FAIL") + f"  every (engine, N) built and stepped ({len(rows)} runs)")
+    for f in failed:
+        print(f"      failed: {f}")
+    ref = next((r for r in runs if r["engine"] == "mujoco" and "error" not in r), None)
+    for r in runs:
+        if "error" in r:
+            failed.append(f"training on {r['engine']}: {r['error']}")
+            print(f"FAIL  training on {r['engine']}: {r['error']}")
+        elif ref is not None and r is not ref:
+            ratio = r["wall_s"] / ref["wall_s"]
+            ok = ratio <= MAX_TRAIN_WALL_RATIO
+            if not ok:
+                failed.append(f"training on {r['engine']}: {ratio:.1f}x MuJoCo's wall time")
+            mark = "PASS" if ok else "FAIL"
+            need = f"need <= {MAX_TRAIN_WALL_RATIO}"
+            print(f"{mark}  {r['engine']} training wall time / mujoco's: {ratio:.2f} ({need})")
     if a.out:
-        a.out.write_text(json.dumps({"rows": rows, "compile": compile_rows, "argv": sys.argv}, indent=2))
-    return 0
+        payload = {"rows": rows, "compile": compile_rows, "train": runs, "failed": failed, "argv": sys.argv}
+        a.out.write_text(json.dumps(payload, indent=2))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

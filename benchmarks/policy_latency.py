@@ -1,16 +1,21 @@
-"""Per-step latency of the exported locomotion policy at batch 1: onnxruntime (one thread,
+"""Per-step latency of a trained, exported locomotion policy at batch 1: onnxruntime (one thread,
 sequential) against torch eager (one thread, inference mode) and the TorchScript twin, one run.
+Exits 1 when onnxruntime's p50 or p99 is above the threshold.
 
-    python benchmarks/policy_latency.py [--run <run dir>] [--calls 20000] [--out latency.json] [--quick]
+    python benchmarks/policy_latency.py [--run <run dir>] [--fresh] [--calls 20000] [--out latency.json]
 
-Without --run, an untrained policy with go2_velocity's default sizes (48 -> 256-128-64 -> 12) is
-exported to a temporary folder. With --run, the run's latest checkpoint is exported to a temporary
-folder (the run itself is not touched). Each call is timed alone (perf_counter_ns), after warm-up.
+The policy comes from, in this order: ``--run``; else the newest go2_velocity run under runs/ with a
+checkpoint (what ``make train`` leaves); else (or with ``--fresh``) a tiny policy trained here by
+``embodied train`` (TINY_TRAIN: go2_velocity's default policy sizes, a few iterations) into a
+temporary folder. The output says which. Its latest checkpoint is exported to a temporary folder
+(the run itself is not touched). Each call is timed alone (perf_counter_ns), after warm-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,31 +30,70 @@ import torch
 from env_throughput import command_line, machine_info, markdown_table, thread_info, write_json
 from omegaconf import OmegaConf
 
-from embodied.cli import compose
 from embodied.export import ExportedPolicy, deploy_manifest, export_policy, record_observations
-from embodied.workflow import build_env, build_policy, load_policy
+from embodied.workflow import build_env, load_policy
 
+ROOT = Path(__file__).resolve().parent.parent
+TASK = "go2_velocity"
+# A quick real training run: the default policy of the task (the sizes make train exports).
+TINY_TRAIN = [
+    f"task={TASK}",
+    "num_envs=64",
+    "train.max_iterations=3",
+    "train.video=false",
+    "train.evaluate=false",
+    "train.export=false",
+]
 MAX_US = 50.0  # p50 and p99 of onnxruntime at batch 1
 
 
-def build(run: str | None, out_dir: Path) -> tuple[ExportedPolicy, np.ndarray, dict[str, Any]]:
-    """Export a run's policy (or a fresh default one) into out_dir; returns it and 200 real obs (200, D)."""
+def newest_run(runs: Path, task: str = TASK) -> Path | None:
+    """The run under ``runs/<task>/`` whose newest checkpoint is the most recent, or None."""
+    ckpts = list(runs.glob(f"{task}/*/checkpoints/model_*.pt"))
+    return max(ckpts, key=lambda p: p.stat().st_mtime).parent.parent if ckpts else None
+
+
+def train_tiny(out: Path) -> Path:
+    """Trains TINY_TRAIN into ``out/run`` with ``embodied train``; returns the run directory."""
+    run = out / "run"
+    cmd = [sys.executable, "-m", "embodied.cli", "train", *TINY_TRAIN, f"run_dir={run}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"error: training the tiny policy failed: {tail}")
+    return run
+
+
+def choose_run(run: str | None, fresh: bool, tmp: Path) -> tuple[Path, str]:
+    """The run to export and a line that says where it came from."""
     if run:
-        cfg = OmegaConf.load(Path(run) / "config.yaml")
-        env = build_env(cfg, num_envs=4)
-        ac, _ = load_policy(Path(run), cfg, env, None)
-    else:
-        cfg = compose([])
-        env = build_env(cfg, num_envs=4)
-        torch.manual_seed(0)
-        ac = build_policy(cfg, env).eval()
-    policy = ExportedPolicy.from_actor_critic(ac, *env.action_affine())
+        return Path(run), f"{run} (--run)"
+    found = None if fresh else newest_run(ROOT / "runs")
+    if found is not None:
+        return found, f"{os.path.relpath(found)} (newest {TASK} run under runs/)"
+    t0 = time.perf_counter()
+    trained = train_tiny(tmp)
+    why = "--fresh" if fresh else f"no {TASK} run under runs/"
+    took = time.perf_counter() - t0
+    return trained, f"trained here ({why}): embodied train {' '.join(TINY_TRAIN)} ({took:.0f} s)"
+
+
+def build(run: Path, source: str, out_dir: Path) -> tuple[ExportedPolicy, np.ndarray, dict[str, Any]]:
+    """Export a run's latest policy into out_dir; returns it and 200 real observations (200, D)."""
+    if not (run / "config.yaml").is_file():
+        raise SystemExit(f"error: {run} is not a run directory (no config.yaml)")
+    cfg = OmegaConf.load(run / "config.yaml")
+    env = build_env(cfg, num_envs=4)
+    ac, ckpt = load_policy(run, cfg, env, None)
+    offset, scale = env.action_affine()
+    policy = ExportedPolicy.from_policy(ac, offset, scale, env.filters)
     manifest = deploy_manifest(OmegaConf.to_container(cfg.task, resolve=True), env, policy)
     obs = record_observations(env, ac, steps=50)
     env.close()
     diffs = export_policy(policy, out_dir, manifest, {"recorded": obs})
-    sizes = [m.out_features for m in policy.actor if isinstance(m, torch.nn.Linear)]
-    info = {"source": run or "untrained go2_velocity default", "layers": [policy.obs_dim, *sizes]}
+    sizes = [m.out_features for m in policy.actor.modules() if isinstance(m, torch.nn.Linear)]
+    info = {"source": source, "iteration": ckpt["iteration"], "layers": [policy.obs_dim, *sizes]}
     return policy, obs.numpy(), {**info, "parity_max_abs_diff": max(diffs.values())}
 
 
@@ -96,7 +140,8 @@ def runtimes(policy: ExportedPolicy, out_dir: Path) -> dict[str, Callable[[np.nd
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default=None, help="a trained run directory (default: untrained policy)")
+    p.add_argument("--run", default=None, help="a trained run directory (default: see above)")
+    p.add_argument("--fresh", action="store_true", help="train the tiny policy even if runs/ has one")
     p.add_argument("--calls", type=int, default=None, help="timed calls per runtime (default 20000)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 2000)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
@@ -111,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError:
         pass
     with tempfile.TemporaryDirectory() as tmp:
-        policy, obs, info = build(a.run, Path(tmp) / "exported")
+        run, source = choose_run(a.run, a.fresh, Path(tmp))
+        policy, obs, info = build(run, source, Path(tmp) / "exported")
         obs = np.ascontiguousarray(obs[:, None, :], dtype=np.float32)  # (n, 1, D): batch 1 per call
         stats = {}
         for name, call in runtimes(policy, Path(tmp) / "exported").items():

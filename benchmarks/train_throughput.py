@@ -1,8 +1,13 @@
 """PPO end-to-end samples/s (collection plus update), all in one run: our PPO on ant and
-go2_velocity, SB3 PPO on gymnasium's Ant-v5 and (through our SB3 adapter) on go2_velocity, and
-go2_velocity's own random-action env rate at the same N and thread settings.
+go2_velocity, SB3 PPO on gymnasium's Ant-v5 (made to do our ant task's work, see
+env_throughput.GYM_ANT_KWARGS) and (through our SB3 adapter) on go2_velocity, and go2_velocity's own
+random-action env rate at the same N and thread settings. Exits 1 when a ratio misses its threshold.
 
     python benchmarks/train_throughput.py [--num-envs 1024] [--iterations 10] [--out train.json] [--quick]
+
+Our PPO is timed by the real training loop, ``embodied.runner.Runner``, built from the config as
+``embodied train`` builds it: its per-iteration ``perf/samples_per_s``,
+``perf/collection_samples_per_s`` and ``perf/update_s`` are the figures.
 """
 
 from __future__ import annotations
@@ -10,14 +15,17 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import tempfile
 import time
 from functools import partial
 from typing import Any
 
 import torch
 from env_throughput import (
+    GYM_ANT_KWARGS,
     batched_rate,
     command_line,
+    exit_code,
     machine_info,
     markdown_table,
     report,
@@ -27,55 +35,69 @@ from env_throughput import (
 )
 
 from embodied.cli import compose
-from embodied.runner import EpisodeTracker
-from embodied.workflow import build_algo, build_env, build_policy, set_threads
+from embodied.runner import Runner
+from embodied.workflow import build_algo, build_env, build_policy, checkpoint_meta, set_threads
 
 MIN_VS_SB3 = 5.0  # ours(ant) / SB3(Ant-v5)
 MIN_VS_RAW = 0.60  # our PPO on go2_velocity / that env's random-action rate
 
 
-def ours_ppo(task: str, num_envs: int, iterations: int, overrides: list[str]) -> dict[str, Any]:
-    """Our PPO for 1 warm-up plus ``iterations`` timed iterations, as embodied.runner.Runner runs them.
+class _StatsLogger:
+    """Stands in for RunLogger: keeps each iteration's scalars in memory, writes nothing."""
 
-    samples/s = iterations * num_steps_per_env * num_envs / wall time of the timed iterations."""
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.rows.append({"step": step, **scalars})
+
+    def close(self) -> None:
+        pass
+
+
+def ours_ppo(task: str, num_envs: int, iterations: int, overrides: list[str]) -> dict[str, Any]:
+    """``embodied.runner.Runner`` for 1 warm-up plus ``iterations`` timed iterations, built as
+    ``embodied train`` builds it; the figures are the Runner's own per-iteration ``perf/*`` stats.
+
+    samples/s = samples of the timed iterations / their summed wall time (collection + update)."""
     cfg = compose([f"task={task}", f"num_envs={num_envs}", *overrides])
     set_threads(cfg)
     torch.manual_seed(int(cfg.seed))
     env = build_env(cfg)
     alg = build_algo(cfg, env, build_policy(cfg, env))
-    steps = alg.cfg.num_steps_per_env
-    tracker = EpisodeTracker(env.num_envs, env.device)
-    obs = env.reset()
-    alg.train_mode()
-    collect_s = update_s = 0.0
+    logger = _StatsLogger()
+    seen: list[tuple[int, dict[str, float]]] = []
     collect_threads = int(cfg.threads.get("torch_collect", cfg.threads.torch))
-    for it in range(iterations + 1):
-        t0 = time.perf_counter()
-        torch.set_num_threads(collect_threads)  # as the Runner does
-        for _ in range(steps):
-            out = env.step(alg.act(obs))
-            alg.process_env_step(out)
-            tracker.add(out)
-            obs = out.obs
-        alg.compute_returns(obs)
-        t1 = time.perf_counter()
-        torch.set_num_threads(int(cfg.threads.torch))
-        alg.update()
-        tracker.pop(env.dt)
-        if it > 0:  # iteration 0 is the warm-up
-            collect_s, update_s = collect_s + t1 - t0, update_s + time.perf_counter() - t1
+    with tempfile.TemporaryDirectory() as run_dir:  # the Runner checkpoints its last iteration here
+        runner = Runner(
+            env,
+            alg,
+            logger,
+            run_dir,
+            checkpoint_meta=checkpoint_meta(cfg, env),
+            save_interval=iterations + 1,
+            collect_threads=collect_threads,
+            on_iteration=lambda it, stats: seen.append((it, dict(stats))),
+        )
+        runner.learn(iterations + 1)
     env.close()
-    samples = iterations * steps * num_envs
+    timed = [stats for it, stats in seen if it > 1]  # iteration 1 is the warm-up
+    if len(timed) != iterations:
+        raise RuntimeError(f"the Runner reported {len(seen)} iterations, expected {iterations + 1}")
+    per_iter = alg.num_steps_per_env * num_envs
+    wall = sum(per_iter / st["perf/samples_per_s"] for st in timed)
+    collect = sum(per_iter / st["perf/collection_samples_per_s"] for st in timed)
     return {
-        "samples_per_s": samples / (collect_s + update_s),
-        "collection_samples_per_s": samples / collect_s,
-        "update_s_per_iteration": update_s / iterations,
+        "samples_per_s": iterations * per_iter / wall,
+        "collection_samples_per_s": iterations * per_iter / collect,
+        "update_s_per_iteration": sum(st["perf/update_s"] for st in timed) / iterations,
         "num_envs": num_envs,
-        "num_steps_per_env": steps,
+        "num_steps_per_env": alg.num_steps_per_env,
         "iterations": iterations,
         "torch_threads": int(cfg.threads.torch),
         "torch_collect_threads": collect_threads,
         "sim_nthread": int(cfg.sim.nthread),
+        "timed_by": "embodied.runner.Runner perf/* stats",
     }
 
 
@@ -109,7 +131,7 @@ def gym_ant_venv(num_envs: int) -> Any:
     import gymnasium as gym
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    return DummyVecEnv([partial(gym.make, "Ant-v5") for _ in range(num_envs)])
+    return DummyVecEnv([partial(gym.make, "Ant-v5", **GYM_ANT_KWARGS) for _ in range(num_envs)])
 
 
 def adapter_available() -> bool:
@@ -209,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     sb3_setting = f"{a.sb3_envs} envs, n_steps={n_steps}"
     rows = [
         ours_row("ant", ant),
-        ["SB3 PPO, DummyVecEnv", "Ant-v5", sb3_setting, sb3_ant["samples_per_s"], ""],
+        ["SB3 PPO, DummyVecEnv", "Ant-v5, same work", sb3_setting, sb3_ant["samples_per_s"], ""],
         ours_row("go2_velocity", go2),
         ["env only, random actions", "go2_velocity", f"N={n}", go2_raw, ""],
         ["SB3 PPO, our SB3 adapter", "go2_velocity", sb3_setting, (sb3_go2 or {}).get("samples_per_s", "-")],
@@ -231,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "sb3_go2_velocity": sb3_go2 or sb3_go2_note,
     }
     write_json(a.out, {**header, "args": vars(a), "results": results, "criteria": criteria})
-    return 0
+    return exit_code(criteria, a.quick)
 
 
 if __name__ == "__main__":

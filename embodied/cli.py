@@ -13,17 +13,21 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from embodied.errors import ConfigError
-from embodied.registry import CONFIG_DIR, describe_tasks, task_names
+from embodied.registry import CONFIG_DIR, config_dirs, describe_tasks, load_plugins, task_names
 from embodied.workflow import load_policy, load_run
 from sim.backend import SimConfigError
 
 USAGE = """usage: embodied <command> [key=value ...]
-  train   [task=go2_velocity sim=mujoco algo=ppo key=value ...] [resume=<run dir>]
+  train   [task=go2_velocity sim=mujoco algo=ppo policy=mlp safety.filters=[...] key=value ...]
+          [resume=<run dir>]
   eval    run=<run dir> [checkpoint=<file>] [num_envs=N] [seed=S] [video=true]
   play    run=<run dir> [checkpoint=<file>] [seconds=10] [num_envs=1]
-  export  run=<run dir> [checkpoint=<file>]   writes exported/policy.onnx, policy.ts, deploy.yaml
+  export  run=<run dir> [checkpoint=<file>]   writes exported/policy.onnx, policy.ts, observation.onnx,
+          deploy.yaml
   sim2sim run=<run dir> [target=mujoco] [perturb=<preset>] [episodes=20] [seed=0]   PASS/FAIL, exit 1 on FAIL
-  tasks   list the registered tasks"""
+  tasks   list the registered tasks
+Plugins: EMBODIED_PLUGINS=mod1,mod2 imports modules that register algorithms, policies, filters or
+terms; EMBODIED_CONFIG_PATH=dir1:dir2 adds config directories (algo/, policy/, task/, ...)."""
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -36,6 +40,9 @@ def compose(overrides: list[str]) -> DictConfig:
             raise ConfigError(
                 f"unknown task {o.split('=', 1)[1]!r}; registered tasks: {', '.join(task_names())}"
             )
+    extra = [f"file://{d}" for d in config_dirs()[1:]]
+    if extra:
+        overrides = [f"hydra.searchpath=[{','.join(extra)}]", *overrides]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return hydra_compose("config", overrides=overrides)
 
@@ -80,7 +87,8 @@ def run_eval(run_dir: Path, cfg: DictConfig, *, checkpoint=None, num_envs=0, see
 
 
 def cmd_train(args: list[str]) -> int:
-    from embodied.checkpoint import latest_checkpoint, load_checkpoint
+    from embodied.checkpoint import latest_checkpoint, load_checkpoint, load_module_state
+    from embodied.data.replay import ReplayWriter
     from embodied.logger import RunLogger, plot_learning_curve
     from embodied.runner import Runner
     from embodied.workflow import build_algo, build_env, build_policy, checkpoint_meta, set_threads
@@ -111,16 +119,33 @@ def cmd_train(args: list[str]) -> int:
     if resume:
         path = latest_checkpoint(run_dir)
         if path is not None:
-            ckpt = load_checkpoint(path, task=str(cfg.task.name), obs_dims=env.obs_dims)
+            ckpt = load_checkpoint(path, task=str(cfg.task.name), obs_spec=env.obs_spec)
+            load_module_state(alg.policy, ckpt["policy"]["state"], f"checkpoint {path}")
             try:
-                alg.load_state_dict(ckpt["algo"])
-            except ValueError as e:
-                raise ConfigError(f"{path}: {e}") from None
+                alg.load_state_dict(ckpt["algo"]["state"])
+            except (ValueError, KeyError) as e:
+                raise ConfigError(f"{path}: algorithm state does not fit ({e})") from None
             start_it, start_steps = int(ckpt["iteration"]), int(ckpt["total_steps"])
             print(f"resuming {run_dir} from {path.name} (iteration {start_it})", file=sys.stderr)
     logger = RunLogger(run_dir, purge_step=start_steps + 1 if resume else None)
     if resume:
         logger.truncate_after(start_steps)
+    observers = []
+    replay = cfg.get("replay") or {}
+    if replay.get("enabled", False):
+        groups = replay.get("groups")
+        observers.append(
+            ReplayWriter(
+                run_dir / "replay",
+                env.obs_spec,
+                env.num_envs,
+                env.action_dim,
+                env.dt,
+                groups=None if groups is None else list(groups),
+                shard_steps=int(replay.get("shard_steps", 24)),
+                device=env.device,
+            )
+        )
     runner = Runner(
         env,
         alg,
@@ -129,19 +154,12 @@ def cmd_train(args: list[str]) -> int:
         checkpoint_meta=checkpoint_meta(cfg, env),
         save_interval=int(cfg.train.save_interval),
         collect_threads=int(cfg.threads.get("torch_collect", cfg.threads.torch)),
+        observers=observers,
     )
     runner.learn(int(cfg.train.max_iterations), start_it, start_steps)
     logger.close()
     env.close()
-    plot_learning_curve(
-        run_dir,
-        (
-            "train/mean_episode_reward",
-            "train/mean_episode_length_s",
-            "env/reward/track_lin_vel_xy_exp",
-            "perf/samples_per_s",
-        ),
-    )
+    plot_learning_curve(run_dir)
     if cfg.train.evaluate:
         result = run_eval(run_dir, cfg, video=bool(cfg.train.video))
         print(json.dumps(result, indent=2))
@@ -167,7 +185,8 @@ def cmd_export(args: list[str]) -> int:
     o = _kv(args, {"run": "", "checkpoint": ""}, "export")
     run_dir, _ = load_run(o["run"])
     out = _export(run_dir, o["checkpoint"] or None)
-    print(f"wrote {out / 'policy.onnx'}, {out / 'policy.ts'} and {out / 'deploy.yaml'}")
+    names = ("policy.onnx", "policy.ts", "observation.onnx", "deploy.yaml")
+    print("wrote " + ", ".join(str(out / n) for n in names))
     return 0
 
 
@@ -200,7 +219,7 @@ def cmd_play(args: list[str]) -> int:
     with torch.no_grad():
         for _ in range(int(o["seconds"] / env.dt)):
             video.add(env.render([0], 320, 240)[0], info)
-            out = env.step(policy(obs["policy"]))
+            out = env.step(policy(obs))
             obs, info = out.obs, out.info
     out = video.write(run_dir / "videos" / "play.mp4")
     env.close()
@@ -257,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
+        load_plugins()
         return COMMANDS[argv[0]](argv[1:])
     except (ConfigError, SimConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,7 +7,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from policies.spec import ObsSpec, TensorSpec
+
 Obs = dict[str, torch.Tensor]
+__all__ = ["BatchedEnv", "Obs", "ObsSpec", "StepOut", "TensorSpec"]
 
 
 @dataclass
@@ -22,8 +25,10 @@ class StepOut:
         cost: (N,) float32 safety cost, zeros where a task defines none.
         terminated: (N,) bool, a true terminal (fall, collision, physics blow-up): no bootstrap.
         truncated: (N,) bool, time limit: PPO bootstraps the value through it.
-        info: "final_obs" (groups as obs, valid where terminated | truncated) and "log/<name>"
-            scalars (per-term means, counters) for the logger.
+        info: "final_obs" (groups as obs: the observation after this step, before any reset, for
+            every env), "log/<name>" scalars (per-term means, counters) for the logger,
+            "metric/<name>" (N,) per-env task metrics, and "safety/intervened" (N,) bool with
+            "safety/<filter>/intervened" and "safety/<filter>/magnitude" per filter.
     """
 
     obs: Obs
@@ -39,7 +44,7 @@ class BatchedEnv(Protocol):
     """N envs stepped together; done envs reset themselves inside ``step``."""
 
     num_envs: int
-    obs_dims: dict[str, int]
+    obs_spec: ObsSpec  # {group: TensorSpec}: "policy", "critic", and "rgb" / "instruction" when on
     action_dim: int
     device: torch.device
     dt: float

@@ -59,8 +59,17 @@ class RunLogger:
         self.writer.close()
 
 
-def plot_learning_curve(run_dir: str | Path, keys: tuple[str, ...] = ("train/mean_episode_reward",)) -> Path:
-    """``learning_curve.png``: each key of metrics.csv against environment steps."""
+GENERIC_CURVES = ("train/mean_episode_reward", "train/mean_episode_length_s", "perf/samples_per_s")
+
+
+def plot_learning_curve(
+    run_dir: str | Path, keys: tuple[str, ...] | None = None, max_metrics: int = 3
+) -> Path:
+    """``learning_curve.png``: each key of metrics.csv against environment steps.
+
+    By default the generic curves plus the first ``max_metrics`` per-episode task metrics the run
+    logged (``episode/<name>``, costs left out): no task's term is named here.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,6 +78,14 @@ def plot_learning_curve(run_dir: str | Path, keys: tuple[str, ...] = ("train/mea
     run_dir = Path(run_dir)
     with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
+    if keys is None:
+        header = list(rows[0]) if rows else []
+        metrics = [
+            k
+            for k in header
+            if k.startswith("episode/") and not k.startswith("episode/cost/") and not k.endswith("_final")
+        ]
+        keys = (*GENERIC_CURVES, *metrics[:max_metrics])
     keys = tuple(k for k in keys if rows and k in rows[0])
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.6 * len(keys)), squeeze=False, sharex=True)
     for ax, key in zip(axes[:, 0], keys, strict=True):

@@ -6,6 +6,8 @@ file (a new family, added to ``FAMILIES``).
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,37 @@ from embodied.errors import ConfigError
 from sim.backend import SimConfigError, make_backend
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_EXTRA_CONFIG_DIRS: list[Path] = []
+
+
+def add_config_dir(path: str | Path) -> None:
+    """Search ``path`` too for config groups (``algo/<name>.yaml``, ``task/<name>.yaml``, ...).
+
+    Plugins call this for the configs of what they register; ``EMBODIED_CONFIG_PATH`` (a
+    ``os.pathsep``-separated list) does the same from the environment.
+    """
+    p = Path(path).resolve()
+    if not p.is_dir():
+        raise ConfigError(f"config directory {p} does not exist")
+    if p not in _EXTRA_CONFIG_DIRS:
+        _EXTRA_CONFIG_DIRS.append(p)
+
+
+def config_dirs() -> list[Path]:
+    """The built-in config directory, then every added one (later ones are searched after)."""
+    env = [Path(p).resolve() for p in os.environ.get("EMBODIED_CONFIG_PATH", "").split(os.pathsep) if p]
+    return [CONFIG_DIR, *_EXTRA_CONFIG_DIRS, *(p for p in env if p not in _EXTRA_CONFIG_DIRS)]
+
+
+def load_plugins(modules: str | None = None) -> None:
+    """Import the comma-separated plugin modules (default: ``$EMBODIED_PLUGINS``); they register
+    their algorithms, policies, filters or terms and may ``add_config_dir`` their configs."""
+    for name in (modules if modules is not None else os.environ.get("EMBODIED_PLUGINS", "")).split(","):
+        if name.strip():
+            try:
+                importlib.import_module(name.strip())
+            except ImportError as e:
+                raise ConfigError(f"plugin {name.strip()!r} cannot be imported ({e})") from None
 
 
 def _locomotion(cfg: Mapping[str, Any], backend: Any, seed: int) -> BatchedEnv:
@@ -45,23 +78,31 @@ FAMILIES: dict[str, Callable[[Mapping[str, Any], Any, int], BatchedEnv]] = {
 }
 
 
+def _task_files() -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for d in reversed(config_dirs()):  # the built-in directory wins a name clash
+        files.update({p.stem: p for p in (d / "task").glob("*.yaml")})
+    return files
+
+
 def task_names() -> list[str]:
     """Every registered task, sorted."""
-    return sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
+    return sorted(_task_files())
 
 
 def task_config(name: str) -> DictConfig:
     """The default config of a registered task."""
-    if name not in task_names():
-        raise ConfigError(f"unknown task {name!r}; registered tasks: {', '.join(task_names())}")
-    return OmegaConf.load(CONFIG_DIR / "task" / f"{name}.yaml")
+    files = _task_files()
+    if name not in files:
+        raise ConfigError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(files))}")
+    return OmegaConf.load(files[name])
 
 
 def describe_tasks() -> list[tuple[str, str, str]]:
     """(name, family, one-line description) of each registered task."""
     rows = []
-    for name in task_names():
-        first = (CONFIG_DIR / "task" / f"{name}.yaml").read_text().splitlines()[0]
+    for name, path in sorted(_task_files().items()):
+        first = path.read_text().splitlines()[0]
         rows.append((name, str(task_config(name).family), first.lstrip("# ").strip()))
     return rows
 

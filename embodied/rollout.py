@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
+
+from policies.spec import TensorSpec
 
 
 def compute_gae(
@@ -42,8 +44,7 @@ def compute_gae(
 class MiniBatch:
     """One flattened minibatch of B transitions."""
 
-    actor_obs: torch.Tensor  # (B, D)
-    critic_obs: torch.Tensor  # (B, Dc)
+    obs: dict[str, torch.Tensor]  # each stored group (B, *shape), its own dtype
     actions: torch.Tensor  # (B, A)
     values: torch.Tensor  # (B,) critic values at collection time
     returns: torch.Tensor  # (B,)
@@ -54,14 +55,17 @@ class MiniBatch:
 
 
 class RolloutStorage:
-    """Fixed-size [T, N, ...] buffers for one on-policy rollout, allocated once."""
+    """Fixed-size [T, N, ...] buffers for one on-policy rollout, allocated once.
+
+    Observations are stored per group as the spec gives them (shape and dtype: uint8 frames stay
+    uint8), only for the groups the policy reads.
+    """
 
     def __init__(
         self,
         num_steps: int,
         num_envs: int,
-        actor_obs_dim: int,
-        critic_obs_dim: int,
+        obs_spec: Mapping[str, TensorSpec],
         action_dim: int,
         device: str | torch.device = "cpu",
     ):
@@ -72,8 +76,7 @@ class RolloutStorage:
         def buf(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.zeros(num_steps, num_envs, *shape, dtype=dtype, device=self.device)
 
-        self.actor_obs = buf(actor_obs_dim)
-        self.critic_obs = buf(critic_obs_dim)
+        self.obs = {g: buf(*spec.shape, dtype=spec.dtype) for g, spec in obs_spec.items()}
         self.actions = buf(action_dim)
         self.rewards = buf()
         self.dones = buf(dtype=torch.bool)
@@ -87,8 +90,7 @@ class RolloutStorage:
 
     def add(
         self,
-        actor_obs: torch.Tensor,
-        critic_obs: torch.Tensor,
+        obs: Mapping[str, torch.Tensor],
         actions: torch.Tensor,
         rewards: torch.Tensor,
         dones: torch.Tensor,
@@ -97,13 +99,13 @@ class RolloutStorage:
         mu: torch.Tensor,
         sigma: torch.Tensor,
     ) -> None:
-        """Copy one transition of N envs into the next slot: obs (N, D)/(N, Dc), actions/mu/sigma
+        """Copy one transition of N envs into the next slot: obs groups (N, ...), actions/mu/sigma
         (N, A), rewards/dones/values/actions_log_prob (N,)."""
         if self.step >= self.num_steps:
             raise RuntimeError(f"rollout storage is full ({self.num_steps} steps); call clear() first")
         t = self.step
-        self.actor_obs[t].copy_(actor_obs)
-        self.critic_obs[t].copy_(critic_obs)
+        for g, b in self.obs.items():
+            b[t].copy_(obs[g])
         self.actions[t].copy_(actions)
         self.rewards[t].copy_(rewards)
         self.dones[t].copy_(dones)
@@ -132,22 +134,15 @@ class RolloutStorage:
         mini_batch_size = batch_size // num_mini_batches
         if mini_batch_size == 0:
             raise ValueError(f"{num_mini_batches} minibatches but only {batch_size} transitions")
+        obs = {g: b.flatten(0, 1) for g, b in self.obs.items()}
         flat = {
             name: getattr(self, name).flatten(0, 1)
-            for name in (
-                "actor_obs",
-                "critic_obs",
-                "actions",
-                "values",
-                "returns",
-                "advantages",
-                "actions_log_prob",
-                "mu",
-                "sigma",
-            )
+            for name in ("actions", "values", "returns", "advantages", "actions_log_prob", "mu", "sigma")
         }
         for _ in range(num_epochs):
             perm = torch.randperm(batch_size, device=self.device)
             for i in range(num_mini_batches):
                 idx = perm[i * mini_batch_size : (i + 1) * mini_batch_size]
-                yield MiniBatch(**{name: x[idx] for name, x in flat.items()})
+                yield MiniBatch(
+                    obs={g: x[idx] for g, x in obs.items()}, **{name: x[idx] for name, x in flat.items()}
+                )

@@ -1,19 +1,32 @@
-"""The training loop: collect -> update -> log -> checkpoint. Parts are passed in, not reached for."""
+"""The training loop: collect -> update -> log -> checkpoint. Parts are passed in, not reached for.
+
+The Runner knows only the algorithm protocol (embodied/algorithms/base.py) and hands every env step
+``(obs, action, out)`` to the observers it was given, before the algorithm sees (and may reshape)
+the reward: that is the transition stream replay, world models and timing read.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
 
-from embodied.algorithms.ppo import PPO
+from embodied.algorithms.base import Algorithm, OnPolicy
 from embodied.checkpoint import save_checkpoint
-from embodied.env import BatchedEnv, StepOut
+from embodied.env import BatchedEnv, Obs, StepOut
 from embodied.logger import RunLogger
+
+
+class StepObserver(Protocol):
+    """Receives every env step of training; ``close()`` (optional) is called when training ends."""
+
+    def on_step(self, obs: Obs, action: torch.Tensor, out: StepOut) -> None:
+        """obs: what the action (N, A) was sampled on; out: the env's answer (final_obs in info)."""
+        ...
 
 
 class EpisodeTracker:
@@ -78,7 +91,7 @@ class Runner:
     def __init__(
         self,
         env: BatchedEnv,
-        alg: PPO,
+        alg: Algorithm,
         logger: RunLogger,
         run_dir: str | Path,
         *,
@@ -86,8 +99,10 @@ class Runner:
         save_interval: int = 50,
         collect_threads: int | None = None,
         on_iteration: Callable[[int, dict[str, float]], None] | None = None,
+        observers: Sequence[StepObserver] = (),
     ) -> None:
         self.env, self.alg, self.logger = env, alg, logger
+        self.observers = list(observers)
         self.run_dir = Path(run_dir)
         self.meta = checkpoint_meta
         self.save_interval = save_interval
@@ -99,7 +114,8 @@ class Runner:
 
     def learn(self, max_iterations: int, start_iteration: int = 0, start_steps: int = 0) -> None:
         env, alg = self.env, self.alg
-        steps_per_iter = alg.cfg.num_steps_per_env * env.num_envs
+        steps_per_iter = alg.num_steps_per_env * env.num_envs
+        on_policy = isinstance(alg, OnPolicy)
         self.total_steps = start_steps
         tracker = EpisodeTracker(env.num_envs, env.device)
         obs = env.reset()
@@ -115,12 +131,16 @@ class Runner:
         for it in bar:
             t0 = time.perf_counter()
             torch.set_num_threads(self.collect_threads)
-            for _ in range(alg.cfg.num_steps_per_env):
-                out = env.step(alg.act(obs))
+            for _ in range(alg.num_steps_per_env):
+                action = alg.act(obs)
+                out = env.step(action)
+                for o in self.observers:
+                    o.on_step(obs, action, out)
                 alg.process_env_step(out)
                 tracker.add(out)
                 obs = out.obs
-            alg.compute_returns(obs)
+            if on_policy:
+                alg.compute_returns(obs)
             t1 = time.perf_counter()
             torch.set_num_threads(self.update_threads)
             stats = alg.update()
@@ -141,12 +161,18 @@ class Runner:
             if (it + 1) % self.save_interval == 0 or it + 1 == max_iterations:
                 self.save(it + 1)
         bar.close()
+        for o in self.observers:
+            close = getattr(o, "close", None)
+            if close is not None:
+                close()
 
     def save(self, iteration: int) -> Path:
+        """Checkpoint ``model_<iteration>.pt``: the policy's and the algorithm's state kept apart."""
         payload = {
             **self.meta,
             "iteration": iteration,
             "total_steps": self.total_steps,
-            "algo": self.alg.state_dict(),
+            "policy": {"name": self.meta.get("policy_name", ""), "state": self.alg.policy.state_dict()},
+            "algo": {"name": self.meta.get("algo_name", ""), "state": self.alg.state_dict()},
         }
         return save_checkpoint(self.run_dir / "checkpoints" / f"model_{iteration}.pt", payload)

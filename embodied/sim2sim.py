@@ -147,7 +147,7 @@ def run_training_engine(
     err_sum, vx_sum, count = torch.zeros(episodes), torch.zeros(episodes), 0
     fell = torch.zeros(episodes, dtype=torch.bool)
     for t in range(steps):
-        out = env.step(policy(obs["policy"]))
+        out = env.step(policy(obs))
         if t >= warmup:
             err_sum += out.info["metric/lin_vel_error"] * active
             vx_sum += env.state.base_lin_vel[:, 0] * active

@@ -1,9 +1,14 @@
-"""What every task shares: action clamping, term evaluation, auto-reset, final_obs, blow-up handling.
+"""What every task shares: the action pipeline, term evaluation, auto-reset, final_obs, blow-ups.
 
-A task subclasses ``TaskEnv`` and supplies four things: how an action becomes actuator controls,
-the batched state its term functions read, which initial states to reset to, and (optionally)
-per-episode bookkeeping. Rewards, costs, terminations and observations are config-weighted pure
-functions from ``embodied.terms``.
+A task subclasses ``TaskEnv`` and supplies: how an action becomes actuator controls, the batched
+state its term functions read (read without side effects), the trackers that advance once per
+step (air time, last action), which initial states to reset to, and per-episode bookkeeping.
+Rewards, costs, terminations and observations are config-weighted terms from the family's own
+namespace (``embodied.terms.namespaces``).
+
+One action pipeline: sanitize (NaN -> 0, clamp) -> safety filters -> disturbances and latency ->
+actuator control. One step order: physics -> read state -> advance trackers (only envs that
+stepped) -> rewards, costs, terminations (frames on demand, cached) -> auto-reset -> observe.
 """
 
 from __future__ import annotations
@@ -18,10 +23,9 @@ import torch
 from embodied.env import Obs, StepOut
 from embodied.errors import ConfigError
 from embodied.terms import Term, build_terms, weighted_sum
-from embodied.terms.costs import COSTS
-from embodied.terms.observations import OBSERVATIONS
-from embodied.terms.rewards import REWARDS
-from embodied.terms.terminations import TERMINATIONS
+from embodied.terms.namespaces import family_terms
+from policies.safety import FilterChain
+from policies.spec import ObsSpec, TensorSpec
 from sim.backend import SimBackend, SimConfigError
 from sim.randomize import RANGES, PhysicsParams, check_config, sample_physics
 
@@ -29,7 +33,7 @@ OBS_CLIP = 100.0
 
 
 class TaskEnv:
-    """BatchedEnv over a SimBackend; subclasses implement the four ``_`` hooks below."""
+    """BatchedEnv over a SimBackend; subclasses implement the ``_`` hooks below."""
 
     def __init__(self, cfg: Mapping[str, Any], backend: SimBackend, seed: int = 0) -> None:
         self.cfg = cfg
@@ -40,18 +44,23 @@ class TaskEnv:
         self.max_episode_length = math.ceil(float(cfg["episode_length_s"]) / self.dt)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.episode_length = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
-        self.rewards = build_terms(cfg.get("rewards"), REWARDS, "reward")
-        self.costs = build_terms(cfg.get("costs"), COSTS, "cost")
+        tables = family_terms(str(cfg.get("family")))
+        self.rewards = build_terms(cfg.get("rewards"), tables["rewards"], "reward", context=self)
+        self.costs = build_terms(cfg.get("costs"), tables["costs"], "cost", context=self)
         self.terminations = build_terms(
-            cfg.get("terminations"), TERMINATIONS, "termination", reserved=("weight",)
+            cfg.get("terminations"), tables["terminations"], "termination", context=self
         )
         groups = cfg.get("observations") or {}
         if "policy" not in groups:
             raise ConfigError("task config needs an observations.policy group")
+        reserved = ("scale", "clip", "noise")
         self.obs_terms = {
-            g: build_terms(spec, OBSERVATIONS, f"observation ({g})", reserved=("scale", "clip", "noise"))
+            g: build_terms(
+                spec, tables["observations"], f"observation ({g})", reserved=reserved, context=self
+            )
             for g, spec in groups.items()
         }
+        self.filters = FilterChain()  # the safety-filter stage: empty unless set_filters is called
         self.unstable_total = torch.zeros((), dtype=torch.long, device=self.device)
         self.nan_action_total = torch.zeros((), dtype=torch.long, device=self.device)
         # A task whose policy acts in other coordinates (IK, gripper) sets action_dim before this.
@@ -70,19 +79,31 @@ class TaskEnv:
                 raise ConfigError(f"rgb width and height must be >= 1, got {rgb}")
         self.rgb_camera = self.camera if rgb.get("camera") is None else rgb["camera"]
         self._rgb_last: tuple[torch.Tensor, torch.Tensor] | None = None  # (time, qpos) key, frames
-        self.state = self._compute_state(torch.zeros(self.num_envs, self.action_dim, device=self.device))
+        self.state = self._read_state(torch.zeros(self.num_envs, self.action_dim, device=self.device))
         obs = self._check_terms()
-        self.obs_dims = {g: int(obs[g].shape[-1]) for g in self.obs_terms}  # float groups only
+        self.obs_spec: ObsSpec = {g: TensorSpec((int(obs[g].shape[-1]),)) for g in self.obs_terms}
+        if self.rgb_shape is not None:
+            self.obs_spec["rgb"] = TensorSpec(self.rgb_shape, torch.uint8, "rgb")
         self._reset(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        self._obs = self._observe(self.state)
 
     # -- hooks ---------------------------------------------------------------------------------
     def _action_to_ctrl(self, action: torch.Tensor) -> torch.Tensor:
         """(N, A) in [-1, 1] -> (N, nu) actuator controls."""
         raise NotImplementedError
 
-    def _compute_state(self, action: torch.Tensor) -> Any:
-        """The batched state term functions read, after the action was applied."""
+    def _read_state(self, action: torch.Tensor) -> Any:
+        """The batched state term functions read, after ``action`` (N, A) was applied.
+
+        Free of side effects: called again after resets, so it must not advance any tracker.
+        """
         raise NotImplementedError
+
+    def _advance(self, s: Any) -> None:
+        """Advance per-step trackers (air time, last action) from the state of a physics step.
+
+        Called once per ``step`` with the state every env stepped into, never after a reset.
+        """
 
     def _reset_state(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Initial (qpos (N, nq), qvel (N, nv)); rows where mask is false are ignored."""
@@ -105,24 +126,71 @@ class TaskEnv:
         if mask is None:
             mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         self._reset(mask.to(self.device))
-        return self._observe(self.state)
+        self._obs = self._observe(self.state)
+        return self._obs
+
+    def set_filters(self, chain: FilterChain) -> None:
+        """Install the safety-filter stage (built against ``obs_layout("policy")`` and ``action_dim``)."""
+        self.filters = chain
+
+    def frames(self) -> torch.Tensor:
+        """(N, 3, H, W) uint8 camera frames of the current state (the ``rgb`` config), cached.
+
+        Terms that score images (a VLM reward) call this; ``obs["rgb"]`` reuses the same frames.
+        """
+        if self.rgb_shape is None:
+            raise ConfigError("this task renders no frames: set rgb.enabled=true in its config")
+        _, h, w = self.rgb_shape
+        sim = self.backend.state()
+        key = torch.cat([sim.time[:, None], sim.qpos], dim=1)
+        last = self._rgb_last
+        # Only envs whose (time, qpos) changed since the last frames are drawn again: after an
+        # auto-reset the other envs' final frames are still current, so a done step costs one
+        # full render plus one of the reset envs, not two full renders.
+        stale = (key != last[0]).any(dim=1) if last is not None else None
+        if stale is None or bool(stale.all()):
+            rgb = self.backend.render(list(range(self.num_envs)), w, h, self.rgb_camera)
+        elif bool(stale.any()):
+            rgb = last[1].clone()
+            ids = stale.nonzero().flatten().tolist()
+            rgb[ids] = self.backend.render(ids, w, h, self.rgb_camera)
+        else:
+            return last[1]
+        self._rgb_last = (key, rgb)
+        return rgb
 
     def step(self, action: torch.Tensor) -> StepOut:
         if action.shape != (self.num_envs, self.action_dim):
             raise ValueError(
                 f"action must have shape {(self.num_envs, self.action_dim)}, got {tuple(action.shape)}"
             )
-        # NaN/inf actions are replaced by 0 (the default pose) and counted, never passed to physics.
+        # 1. Sanitize: NaN/inf actions become 0 (the default pose) and are counted, never simulated.
         bad = ~torch.isfinite(action).all(dim=-1)
         self.nan_action_total += bad.sum()
         action = torch.nan_to_num(action.to(self.device, torch.float32), 0.0, 0.0, 0.0).clamp(-1.0, 1.0)
+        # 2. Safety filters, on the observation the policy acted on. The algorithm keeps the action
+        # it sampled; the filtered one is what the robot gets (and sees as its last action).
+        log: dict[str, torch.Tensor] = {}
+        safety: dict[str, torch.Tensor] = {}
+        if len(self.filters):
+            action, intervened, finfo = self.filters(self._obs["policy"], action)
+            action = action.clamp(-1.0, 1.0)
+            safety["safety/intervened"] = intervened
+            for k, v in finfo.items():
+                safety[f"safety/{k}"] = v
+                if k.endswith("/intervened"):
+                    log[f"log/safety/{k.removesuffix('/intervened')}/intervention_rate"] = v.float().mean()
+                elif k.endswith("/magnitude"):
+                    log[f"log/safety/{k}"] = v.mean()
+            log["log/safety/intervention_rate"] = intervened.float().mean()
+        # 3. Disturbances and latency, 4. actuator control.
         self._disturb()
         unstable = self.backend.step(self._action_to_ctrl(self._delay(action)))
         self.unstable_total += unstable.sum()
         self.episode_length += 1
-        s = self.state = self._compute_state(action)
+        s = self.state = self._read_state(action)
+        self._advance(s)
 
-        log: dict[str, torch.Tensor] = {}
         reward = weighted_sum(self.rewards, s, self.num_envs, self.device, self.dt, log, "log/reward")
         cost_terms: dict[str, torch.Tensor] = {}
         cost = weighted_sum(self.costs, s, self.num_envs, self.device, 1.0, log, "log/cost", cost_terms)
@@ -141,10 +209,17 @@ class TaskEnv:
         log["log/sim/nan_actions"] = bad.sum()
         # Per-env metrics, including each cost term, so evaluation and videos can report cost events.
         metrics = {**self._metrics(s), **{f"cost/{k}": v for k, v in cost_terms.items()}}
-        info = {"final_obs": obs, **log, **{f"metric/{k}": v for k, v in metrics.items()}}
+        info = {
+            "final_obs": obs,
+            "applied_action": action,  # after sanitizing and filters, before latency (N, A)
+            **log,
+            **safety,
+            **{f"metric/{k}": v for k, v in metrics.items()},
+        }
         if bool(done.any()):
             self._reset(done)
             obs = self._observe(self.state)
+        self._obs = obs
         return StepOut(obs, reward, cost, terminated, truncated, info)
 
     def close(self) -> None:
@@ -242,7 +317,9 @@ class TaskEnv:
         self.backend.reset(mask, qpos, qvel)
         self.episode_length.masked_fill_(mask, 0)
         self._on_reset(mask)
-        self.state = self._compute_state(torch.where(mask[:, None], 0.0, self.state.action))
+        for t in (*self.rewards, *self.costs, *self.terminations):
+            t.reset(mask)
+        self.state = self._read_state(torch.where(mask[:, None], 0.0, self.state.action))
 
     def _observe(self, s: Any) -> Obs:
         out = {}
@@ -263,23 +340,7 @@ class TaskEnv:
                 -OBS_CLIP, OBS_CLIP
             )
         if self.rgb_shape is not None:
-            # Only envs whose (time, qpos) changed since the last frames are drawn again: after an
-            # auto-reset the other envs' final frames are still current, so a done step costs one
-            # full render plus one of the reset envs, not two full renders.
-            _, h, w = self.rgb_shape
-            sim = self.backend.state()
-            key = torch.cat([sim.time[:, None], sim.qpos], dim=1)
-            last = self._rgb_last
-            stale = (key != last[0]).any(dim=1) if last is not None else None
-            if stale is None or bool(stale.all()):
-                rgb = self.backend.render(list(range(self.num_envs)), w, h, self.rgb_camera)
-            else:
-                rgb = last[1].clone()
-                ids = stale.nonzero().flatten().tolist()
-                if ids:
-                    rgb[ids] = self.backend.render(ids, w, h, self.rgb_camera)
-            self._rgb_last = (key, rgb)
-            out["rgb"] = rgb
+            out["rgb"] = self.frames()
         return out
 
     def _check_terms(self) -> Obs:

@@ -1,19 +1,25 @@
-"""Builds the parts of a run (env, policy, algorithm) from a resolved config."""
+"""Builds the parts of a run (env with its filter stage, policy, algorithm) from a resolved config.
+
+Every part is chosen by name from a registry: ``algo.name`` (embodied.algorithms), ``policy.name``
+(policies.registry), ``safety.filters`` (policies.safety). Nothing here names one of them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from embodied.algorithms.ppo import PPO, PPOConfig
+from embodied.algorithms import Algorithm, build_algorithm
 from embodied.env import BatchedEnv
 from embodied.errors import ConfigError
 from embodied.registry import make_env
-from policies.actor_critic import ActorCritic
+from policies.registry import build_policy as build_registered_policy
+from policies.safety import FilterChain, FilterError, build_chain
+from policies.spec import spec_to_dict
 
 
 def set_threads(cfg: DictConfig) -> None:
@@ -25,11 +31,30 @@ def set_threads(cfg: DictConfig) -> None:
         pass  # already fixed by an earlier parallel op in this process; harmless
 
 
+def build_filters(cfg: DictConfig, env: BatchedEnv) -> FilterChain:
+    """The safety-filter chain ``safety.filters`` (empty when the config has none)."""
+    node = cfg.get("safety")
+    safety = {} if node is None else OmegaConf.to_container(node, resolve=True)
+    unknown = sorted(set(safety) - {"filters", "params"})
+    if unknown:
+        raise ConfigError(f"unknown safety key(s) {unknown}; known: filters, params")
+    names = list(safety.get("filters") or [])
+    if not names:
+        return FilterChain()
+    try:
+        return build_chain(names, safety.get("params") or {}, env.obs_layout("policy"), env.action_dim).to(
+            env.device
+        )
+    except FilterError as e:
+        raise ConfigError(str(e)) from None
+
+
 def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = None) -> BatchedEnv:
+    """The task's env on the configured engine, with the configured safety filters installed."""
     task = OmegaConf.to_container(cfg.task, resolve=True)
     sim = OmegaConf.to_container(cfg.sim, resolve=True)
     n = next(v for v in (num_envs, cfg.get("num_envs"), task["num_envs"]) if v is not None)
-    return make_env(
+    env = make_env(
         task,
         num_envs=int(n),
         engine=str(sim.pop("engine")),
@@ -38,32 +63,37 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = N
         seed=int(cfg.seed if seed is None else seed),
         sim_options=sim,
     )
+    chain = build_filters(cfg, env)
+    if len(chain):
+        env.set_filters(chain)
+    return env
 
 
-def build_policy(cfg: DictConfig, env: BatchedEnv) -> ActorCritic:
-    p = OmegaConf.to_container(cfg.policy, resolve=True)
-    if "critic" not in env.obs_dims:
-        raise ConfigError("the task must define an observations.critic group")
-    return ActorCritic(env.obs_dims["policy"], env.obs_dims["critic"], env.action_dim, **p).to(env.device)
+def build_policy(cfg: DictConfig, env: BatchedEnv) -> nn.Module:
+    """The registered policy ``policy.name`` for the env's observation spec and action size."""
+    p: dict[str, Any] = OmegaConf.to_container(cfg.policy, resolve=True)
+    name = str(p.pop("name", "mlp"))
+    try:
+        return build_registered_policy(name, env.obs_spec, env.action_dim, p).to(env.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
-def build_algo(cfg: DictConfig, env: BatchedEnv, policy: ActorCritic) -> PPO:
+def build_algo(cfg: DictConfig, env: BatchedEnv, policy: nn.Module) -> Algorithm:
+    """The registered algorithm ``algo.name`` training ``policy`` on ``env``."""
     a: dict[str, Any] = OmegaConf.to_container(cfg.algo, resolve=True)
-    if a.pop("name", "ppo") != "ppo":
-        raise ConfigError(f"unknown algo {cfg.algo.name!r}; available: ppo")
-    known = {f.name for f in fields(PPOConfig)}
-    unknown = sorted(set(a) - known)
-    if unknown:
-        raise ConfigError(f"unknown algo key(s) {', '.join(unknown)}; PPO takes: {', '.join(sorted(known))}")
-    return PPO(policy, env.num_envs, PPOConfig(**a), env.device)
+    return build_algorithm(str(a.pop("name", "ppo")), a, policy, env)
 
 
 def checkpoint_meta(cfg: DictConfig, env: BatchedEnv) -> dict[str, Any]:
+    """What every checkpoint of the run carries beside the weights."""
     return {
         "task": str(cfg.task.name),
-        "obs_dims": dict(env.obs_dims),
+        "obs_spec": spec_to_dict(env.obs_spec),
         "action_dim": env.action_dim,
         "config": OmegaConf.to_yaml(cfg, resolve=True),
+        "policy_name": str(cfg.policy.get("name", "mlp")),
+        "algo_name": str(cfg.algo.get("name", "ppo")),
     }
 
 
@@ -79,20 +109,15 @@ def load_run(run: str | None) -> tuple[Path, DictConfig]:
 
 def load_policy(
     run_dir: Path, cfg: DictConfig, env: BatchedEnv, checkpoint: str | None
-) -> tuple[ActorCritic, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """The run's newest (or the given) checkpoint loaded into a fresh policy, in eval mode."""
-    from embodied.checkpoint import latest_checkpoint, load_checkpoint
+    from embodied.checkpoint import latest_checkpoint, load_checkpoint, load_module_state
 
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     if path is None:
         raise ConfigError(f"{run_dir} has no checkpoint in checkpoints/")
-    ckpt = load_checkpoint(path, task=str(cfg.task.name), obs_dims=env.obs_dims)
+    ckpt = load_checkpoint(path, task=str(cfg.task.name), obs_spec=env.obs_spec)
     policy = build_policy(cfg, env)
-    try:
-        policy.load_state_dict(ckpt["algo"]["model"])
-    except (RuntimeError, KeyError) as e:
-        raise ConfigError(
-            f"checkpoint {path} does not fit this policy ({str(e).splitlines()[0][:160]})"
-        ) from None
+    load_module_state(policy, ckpt["policy"]["state"], f"checkpoint {path}")
     policy.eval()
     return policy, ckpt

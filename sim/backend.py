@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -69,9 +71,56 @@ BACKENDS = tuple(_CLASSES)
 _OPTIONAL = {"mjwarp": ("mujoco_warp", "mujoco-warp"), "genesis": ("genesis", "genesis-world")}
 
 
+def unavailable_reason(engine: str) -> str | None:
+    """Why ``engine`` cannot be built here (one line), or None when it can."""
+    if engine not in _CLASSES:
+        return f"unknown sim engine {engine!r}; choose one of {', '.join(BACKENDS)}"
+    if engine in _OPTIONAL:
+        module, dist = _OPTIONAL[engine]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a broken or half-removed install
+            found = False
+        if not found:
+            return f"{engine} needs `pip install -e .[{engine}]` ({dist}): no module {module!r} here"
+    return None
+
+
 def available_backends() -> tuple[str, ...]:
     """The engines of ``BACKENDS`` whose packages are installed here."""
-    return tuple(e for e in BACKENDS if e not in _OPTIONAL or importlib.util.find_spec(_OPTIONAL[e][0]))
+    return tuple(e for e in BACKENDS if unavailable_reason(e) is None)
+
+
+def check_backend_args(
+    engine: str,
+    num_envs: int,
+    device: str | torch.device,
+    *,
+    decimation: int,
+    nthread: int,
+    physics_dt: float | None,
+) -> torch.device:
+    """The constructor checks every engine shares; returns the torch device (N, ...) tensors live on.
+
+    Raises a one-line SimConfigError for a size below 1, a non-positive timestep, a device that is
+    neither cpu nor cuda, or cuda on a machine without it.
+    """
+    for name, value in (("num_envs", num_envs), ("decimation", decimation), ("nthread", nthread)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise SimConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if value < 1:
+            raise SimConfigError(f"{name} must be >= 1, got {value}")
+    if physics_dt is not None and not (isinstance(physics_dt, numbers.Real) and 0 < physics_dt < math.inf):
+        raise SimConfigError(f"physics_dt must be a positive number of seconds, got {physics_dt!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SimConfigError(f"{engine}: {device!r} is not a torch device") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise SimConfigError(f"{engine} runs on cpu or cuda devices, got {dev}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SimConfigError(f"device {dev} was asked for but CUDA is not available on this machine")
+    return dev
 
 
 def make_backend(
@@ -89,10 +138,9 @@ def make_backend(
 
     ``options`` are the engine's own keys from its sim config (e.g. mjwarp's ``warp_device``).
     """
-    if engine in _OPTIONAL and engine not in available_backends():
-        raise SimConfigError(f"{engine} needs `pip install -e .[{engine}]` ({_OPTIONAL[engine][1]})")
-    if engine not in _CLASSES:
-        raise SimConfigError(f"unknown sim engine {engine!r}; choose one of {', '.join(BACKENDS)}")
+    reason = unavailable_reason(engine)
+    if reason is not None:
+        raise SimConfigError(reason)
     module_name, class_name = _CLASSES[engine]
     module = importlib.import_module(module_name)
     known = tuple(getattr(module, "OPTIONS", ()))

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from sim.assets import load_model, resolve_model_path
-from sim.backend import SimConfigError
+from sim.backend import SimConfigError, check_backend_args
 from sim.genesis_setup import _geom_map, _joint_map, _link_map, check_model, init_genesis, resolve_backend
 from sim.model_info import ModelInfo, sensor_slice
 from sim.randomize import PhysicsParams
@@ -131,10 +131,9 @@ class GenesisBackend:
         precision: str = "32",
         log_level: str = "error",
     ) -> None:
-        if num_envs < 1:
-            raise SimConfigError(f"num_envs must be >= 1, got {num_envs}")
-        if decimation < 1:
-            raise SimConfigError(f"decimation must be >= 1, got {decimation}")
+        check_backend_args(
+            "genesis", num_envs, device, decimation=decimation, nthread=nthread, physics_dt=physics_dt
+        )
         if str(precision) not in ("32", "64"):
             raise SimConfigError(f"genesis precision must be 32 or 64, got {precision!r}")
         self.device, self.backend_name = resolve_backend(device, backend)

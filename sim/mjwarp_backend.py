@@ -23,7 +23,7 @@ import mujoco
 import torch
 
 from sim.assets import load_model
-from sim.backend import SimConfigError
+from sim.backend import SimConfigError, check_backend_args
 from sim.model_info import ModelInfo, sensor_slice
 from sim.randomize import PhysicsParams
 from sim.render import RendererCache
@@ -87,11 +87,7 @@ def init_warp(cache_dir: str | Path | None = None) -> Path:
 
 def resolve_devices(device: str | torch.device, warp_device: str | None) -> tuple[torch.device, str]:
     """The torch device tensors live on and the Warp device the physics runs on."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SimConfigError(f"device {dev} was asked for but CUDA is not available on this machine")
-    if dev.type not in ("cpu", "cuda"):
-        raise SimConfigError(f"mjwarp runs on cpu or cuda devices, got {dev}")
+    dev = torch.device(device)  # already checked by check_backend_args
     name = str(warp_device) if warp_device else ("cpu" if dev.type == "cpu" else f"cuda:{dev.index or 0}")
     if name.startswith("cuda") and not wp.is_cuda_available():
         raise SimConfigError(f"mjwarp warp_device {name} was asked for but Warp finds no CUDA device here")
@@ -162,10 +158,9 @@ class MjwarpBackend:
         deterministic: bool = True,
         graph: bool = True,
     ) -> None:
-        if num_envs < 1:
-            raise SimConfigError(f"num_envs must be >= 1, got {num_envs}")
-        if decimation < 1:
-            raise SimConfigError(f"decimation must be >= 1, got {decimation}")
+        check_backend_args(
+            "mjwarp", num_envs, device, decimation=decimation, nthread=nthread, physics_dt=physics_dt
+        )
         self.cache_dir = init_warp(cache_dir)
         self.device, self.warp_device = resolve_devices(device, warp_device)
         self.model = load_model(model_path)

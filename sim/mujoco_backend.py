@@ -16,7 +16,7 @@ import torch
 from mujoco import rollout
 
 from sim.assets import load_model
-from sim.backend import SimConfigError
+from sim.backend import check_backend_args
 from sim.model_info import ModelInfo, sensor_slice
 from sim.randomize import PhysicsParams
 from sim.render import RendererCache
@@ -35,13 +35,6 @@ def _state_offset(model: mujoco.MjModel, part: int) -> int:
     return offset
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SimConfigError(f"device {dev} was asked for but CUDA is not available on this machine")
-    return dev
-
-
 class MujocoBackend:
     """N copies of one MJCF model on the CPU, stepped in ``nthread`` native threads."""
 
@@ -55,17 +48,13 @@ class MujocoBackend:
         nthread: int = 1,
         physics_dt: float | None = None,
     ) -> None:
-        if num_envs < 1:
-            raise SimConfigError(f"num_envs must be >= 1, got {num_envs}")
-        if decimation < 1:
-            raise SimConfigError(f"decimation must be >= 1, got {decimation}")
-        if nthread < 1:
-            raise SimConfigError(f"nthread must be >= 1, got {nthread}")
+        self.device = check_backend_args(
+            "mujoco", num_envs, device, decimation=decimation, nthread=nthread, physics_dt=physics_dt
+        )
         self.model = load_model(model_path)
         if physics_dt is not None:
             self.model.opt.timestep = physics_dt
         self.num_envs = num_envs
-        self.device = resolve_device(device)
         self.decimation = decimation
         self.physics_dt = float(self.model.opt.timestep)
         self.nthread = nthread

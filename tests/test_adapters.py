@@ -145,16 +145,24 @@ def test_sb3_vec_env_renders_and_shares_attributes() -> None:
     venv.close()
 
 
-def test_sb3_ppo_trains_through_adapter() -> None:
+def _weights(model: PPO | SAC) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in model.policy.parameters()])
+
+
+def test_sb3_ppo_collects_through_adapter_and_updates_its_weights() -> None:
+    # A smoke test of the SB3 loop on our batched env, not a learning test: 128 steps teach nothing.
     venv = make_sb3_vec_env("go2_velocity", num_envs=4, seed=0)
     model = PPO("MlpPolicy", venv, n_steps=16, batch_size=32, n_epochs=1, policy_kwargs=TINY_NET, seed=0)
+    before = _weights(model)
     model.learn(total_timesteps=128)
+    assert model.num_timesteps == 128, "two rollouts of 16 steps x 4 envs"
+    assert not torch.equal(_weights(model), before), "the updates changed the policy"
     action, _ = model.predict(venv.reset(), deterministic=True)
     assert action.shape == (4, venv.action_space.shape[0]) and np.isfinite(action).all()
     venv.close()
 
 
-def test_sb3_sac_trains_through_adapter() -> None:
+def test_sb3_sac_collects_through_adapter_and_updates_its_weights() -> None:
     venv = make_sb3_vec_env("go2_velocity", num_envs=2, seed=0)
     model = SAC(
         "MlpPolicy",
@@ -165,7 +173,11 @@ def test_sb3_sac_trains_through_adapter() -> None:
         policy_kwargs=TINY_NET,
         seed=0,
     )
+    before = _weights(model)
     model.learn(total_timesteps=48)
+    assert model.num_timesteps == 48 and model.replay_buffer.size() == 24, "24 steps x 2 envs stored"
+    assert np.isfinite(model.replay_buffer.rewards[:24]).all()
+    assert not torch.equal(_weights(model), before), "the updates changed the policy"
     action, _ = model.predict(venv.reset(), deterministic=True)
     assert action.shape == (2, venv.action_space.shape[0]) and np.isfinite(action).all()
     venv.close()

@@ -97,7 +97,7 @@ def test_eval_on_corrupt_checkpoint(tmp_path):
 
 def test_eval_on_checkpoint_of_another_task(tmp_path):
     run = _fake_run(tmp_path)
-    save_checkpoint(run / "checkpoints" / "model_5.pt", {"task": "ant", "obs_dims": {}, "iteration": 5})
+    save_checkpoint(run / "checkpoints" / "model_5.pt", {"task": "ant", "obs_spec": {}, "iteration": 5})
     assert_one_line_error(embodied("eval", f"run={run}", "num_envs=2"), "belongs to task 'ant'")
 
 

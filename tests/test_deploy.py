@@ -1,4 +1,4 @@
-"""The robot-side deploy runner: manifest validation, observations, joint mapping, the MuJoCo robot."""
+"""The robot-side deploy runner: manifest validation, the observation graph, joint mapping, the MuJoCo robot."""
 
 from __future__ import annotations
 
@@ -12,12 +12,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from embodied.deploy import DeployError, DeployRunner, MujocoRobot, ObservationBuilder, RobotReading
 from embodied.deploy.manifest import load_manifest, sha256_of
 from embodied.deploy.mujoco_robot import Perturbation
+from embodied.export import ObservationGraph, write_observation_onnx
+from embodied.math import quat_rotate_inverse
+from embodied.terms import Term
+from embodied.terms.observations import OBSERVATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 GO2 = ROOT / "sim" / "assets" / "go2_flat.xml"
@@ -27,7 +32,16 @@ NAMES = "base_lin_vel base_ang_vel projected_gravity velocity_commands joint_pos
 # name, dim, scale: the schema doc's example, 48 wide
 TERMS = list(zip(NAMES.split(), (3, 3, 3, 3, 12, 12, 12), (2.0, 0.25, 1.0, 1.0, 1.0, 0.05, 1.0), strict=True))
 ZERO_CMD = np.zeros(3)
-MISSING_KEYS = ["joints.kp", "policy.input.dim", "control.decimation", "observations[5].history"]
+MISSING_KEYS = [
+    "joints.kp",
+    "policy.input.dim",
+    "control.decimation",
+    "observations[5].history",
+    "observation",
+    "observation.onnx_sha256",
+    "observation.inputs",
+]
+SIGNAL_WIDTHS = {"base_lin_vel": 3, "imu_gyro": 3, "imu_quat": 4, "command": 3}
 
 
 def _write_onnx(path: Path, obs_dim: int, weight: np.ndarray, bias: np.ndarray) -> None:
@@ -59,7 +73,7 @@ def _write_onnx(path: Path, obs_dim: int, weight: np.ndarray, bias: np.ndarray) 
 def _manifest(terms=TERMS) -> dict:
     kp = [30.0, 35.0, 40.0] * 4  # distinct per joint kind so misrouted gains show
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "task": "go2_velocity",
         "policy": {
             "onnx": "policy.onnx",
@@ -68,6 +82,7 @@ def _manifest(terms=TERMS) -> dict:
             "input": {"name": "obs", "dim": sum(d for _, d, _ in terms)},
             "outputs": {"joint_targets": {"dim": 12}, "actions": {"dim": 12}},
         },
+        "observation": {"onnx": "observation.onnx", "onnx_sha256": "", "inputs": {}},
         "joints": {
             "names": list(JOINTS),
             "default_positions": list(HOME),
@@ -79,21 +94,44 @@ def _manifest(terms=TERMS) -> dict:
         "control": {"dt": 0.02, "physics_dt": 0.005, "decimation": 4},
         "action": {"offset": list(HOME), "scale": [0.25] * 12},
         "observations": [{"name": n, "dim": d, "scale": s, "clip": None, "history": 1} for n, d, s in terms],
+        "safety_filters": [],
         "commands": {"lin_vel_x": [-1.0, 1.0], "lin_vel_y": [-0.5, 0.5], "ang_vel_yaw": [-1.0, 1.0]},
         "obs_clip": 100.0,
     }
 
 
+def _graph(observations: list[dict]) -> ObservationGraph:
+    """The observation graph of a deploy.yaml term list, from the training term functions."""
+    terms = [Term(t["name"], OBSERVATIONS[t["name"]]) for t in observations]
+    return ObservationGraph(
+        terms, observations, num_joints=12, constants={"default_joint_pos": torch.tensor(HOME)}
+    )
+
+
+def _write_observation(folder: Path, m: dict, observations: list[dict] | None = None) -> None:
+    """observation.onnx of ``observations`` (default: the manifest's) and its section of ``m``."""
+    graph = _graph(observations or m["observations"])
+    write_observation_onnx(graph, folder / "observation.onnx")
+    m["observation"]["inputs"] = {k: SIGNAL_WIDTHS.get(k, 12) for k in graph.inputs}
+    m["observation"]["onnx_sha256"] = sha256_of(folder / "observation.onnx")
+
+
 def _write_deploy(folder: Path, *, manifest=None, weight=None, bias=None, onnx_dim=None) -> Path:
-    """policy.onnx + deploy.yaml (with the right hash) in folder; returns the folder."""
+    """observation.onnx, policy.onnx + deploy.yaml (with the right hashes) in folder; returns the folder."""
     m = manifest or _manifest()
     dim = onnx_dim or m["policy"]["input"]["dim"]
     folder.mkdir(parents=True, exist_ok=True)
     weight = np.zeros((dim, 12)) if weight is None else weight
     _write_onnx(folder / "policy.onnx", dim, weight, np.zeros(12) if bias is None else bias)
     m["policy"]["onnx_sha256"] = sha256_of(folder / "policy.onnx")
+    if "observation" in m:
+        _write_observation(folder, m)
     (folder / "deploy.yaml").write_text(yaml.safe_dump(m, sort_keys=False))
     return folder
+
+
+def _rewrite_yaml(folder: Path, m: dict) -> None:
+    (folder / "deploy.yaml").write_text(yaml.safe_dump(m, sort_keys=False))
 
 
 class FakeRobot:
@@ -173,23 +211,24 @@ def test_shuffled_joint_order_is_reordered(tmp_path):
 
 @pytest.mark.parametrize("key", MISSING_KEYS)
 def test_missing_key_is_one_line_error(tmp_path, key):
-    m = _manifest()
+    folder = _write_deploy(tmp_path)
+    m = yaml.safe_load((folder / "deploy.yaml").read_text())
     node = m
     *parents, last = key.replace("[5]", ".5").split(".")
     for p in parents:
         node = node[int(p)] if p.isdigit() else node[p]
     del node[last]
-    folder = _write_deploy(tmp_path, manifest=m, onnx_dim=48)
+    _rewrite_yaml(folder, m)
     with pytest.raises(DeployError, match=rf"missing required key '{re.escape(key)}'") as e:
         load_manifest(folder / "deploy.yaml")
     assert "\n" not in str(e.value)
 
 
-def test_unknown_schema_version(tmp_path):
+def test_schema_1_is_refused(tmp_path):
     m = _manifest()
-    m["schema_version"] = 2
+    m["schema_version"] = 1  # hand-kept terms in the runner: gone; such a folder must be re-exported
     folder = _write_deploy(tmp_path, manifest=m)
-    with pytest.raises(DeployError, match=r"unknown deploy\.yaml schema_version 2; this runner reads 1"):
+    with pytest.raises(DeployError, match=r"unknown deploy\.yaml schema_version 1; this runner reads 2"):
         DeployRunner(folder, FakeRobot(JOINTS))
 
 
@@ -253,6 +292,115 @@ def test_observation_builder_matches_hand_computation(tmp_path):
     no_estimator.base_lin_vel = None
     with pytest.raises(DeployError, match="base_lin_vel"):
         builder.build(no_estimator, ZERO_CMD, last_action)
+
+
+def _reading(rng: np.random.Generator, quat=(1.0, 0.0, 0.0, 0.0)) -> RobotReading:
+    return RobotReading(
+        joint_pos=np.array(HOME) + rng.normal(0, 0.3, 12),
+        joint_vel=rng.normal(0, 5.0, 12),
+        imu_quat=np.asarray(quat, dtype=np.float64),
+        imu_gyro=rng.normal(0, 1.0, 3),
+        base_lin_vel=rng.normal(0, 1.0, 3),
+    )
+
+
+def test_runner_builds_its_observation_from_the_exported_graph(tmp_path):
+    m = _manifest()
+    folder = _write_deploy(tmp_path, manifest=m)
+    # Re-export the graph with base_ang_vel scaled by 3 (deploy.yaml still lists 0.25): the runner
+    # must follow the graph, proving it computes no term itself.
+    changed = [dict(t) for t in m["observations"]]
+    changed[1]["scale"] = 3.0
+    _write_observation(folder, m, changed)
+    _rewrite_yaml(folder, m)
+    runner = DeployRunner(folder, FakeRobot(JOINTS))
+    rng = np.random.default_rng(1)
+    q = np.array([0.9, 0.1, -0.3, 0.2])
+    reading = _reading(rng, q / np.linalg.norm(q))
+    command, last = np.array([0.4, -0.1, 0.3]), rng.uniform(-1, 1, 12)
+    obs = runner.obs_builder.build(runner.policy_reading(reading), command, last)
+    signals = {
+        "base_lin_vel": reading.base_lin_vel,
+        "imu_gyro": reading.imu_gyro,
+        "imu_quat": reading.imu_quat,
+        "command": command,
+        "joint_pos": reading.joint_pos,
+        "joint_vel": reading.joint_vel,
+        "last_action": last,
+    }
+    expected = _graph(changed).run(
+        {k: torch.tensor(v, dtype=torch.float32)[None] for k, v in signals.items()}
+    )
+    np.testing.assert_allclose(obs, torch.cat(list(expected.values()), -1)[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(obs[3:6], 3.0 * reading.imu_gyro, atol=1e-6)
+    assert runner.obs_builder.inputs == m["observation"]["inputs"]
+
+
+def test_non_unit_quaternion_is_refused_not_normalized(tmp_path):
+    builder = ObservationBuilder(load_manifest(_write_deploy(tmp_path) / "deploy.yaml"))
+    rng = np.random.default_rng(2)
+    q = np.array([0.8, 0.3, -0.4, 0.2])
+    unit = q / np.linalg.norm(q)
+    down = torch.tensor([[0.0, 0.0, -1.0]], dtype=torch.float64)
+    gravity = quat_rotate_inverse(torch.tensor(unit)[None], down)[0].numpy()
+    for k in (1.0, 1.004):  # within tolerance: the training formula on the reading as given
+        obs = builder.build(_reading(rng, k * unit), ZERO_CMD, np.zeros(12))
+        as_trained = quat_rotate_inverse(torch.tensor(k * unit)[None], down)[0].numpy()
+        np.testing.assert_allclose(obs[6:9], as_trained, atol=1e-6)
+    assert np.abs(obs[6:9] - gravity).max() > 1e-3, "the graph must not normalize the quaternion"
+    for k in (1.5, 0.99):
+        with pytest.raises(
+            DeployError, match=r"reading\.imu_quat .* has norm .*; expected a unit quaternion"
+        ) as e:
+            builder.build(_reading(rng, k * unit), ZERO_CMD, np.zeros(12))
+        assert "\n" not in str(e.value)
+
+
+def test_missing_observation_graph_is_one_line_error(tmp_path):
+    folder = _write_deploy(tmp_path)
+    (folder / "observation.onnx").unlink()
+    with pytest.raises(DeployError, match=r"observation\.onnx '.*observation\.onnx' not found") as e:
+        DeployRunner(folder, FakeRobot(JOINTS))
+    assert "\n" not in str(e.value)
+
+
+def test_corrupt_observation_graph_is_one_line_error(tmp_path):
+    folder = _write_deploy(tmp_path)
+    path = folder / "observation.onnx"
+    path.write_bytes(path.read_bytes()[:200])  # truncated after export
+    with pytest.raises(DeployError, match=r"observation\.onnx hash [0-9a-f]{64} .* does not match") as e:
+        DeployRunner(folder, FakeRobot(JOINTS))
+    assert "\n" not in str(e.value)
+    m = yaml.safe_load((folder / "deploy.yaml").read_text())
+    m["observation"]["onnx_sha256"] = sha256_of(path)  # the hash agrees, the file is still garbage
+    _rewrite_yaml(folder, m)
+    with pytest.raises(DeployError, match=r"cannot load .*observation\.onnx with onnxruntime") as e:
+        DeployRunner(folder, FakeRobot(JOINTS))
+    assert "\n" not in str(e.value)
+
+
+def test_observation_graph_that_disagrees_with_deploy_yaml_is_refused(tmp_path):
+    m = _manifest()
+    folder = _write_deploy(tmp_path, manifest=m)
+    del m["observation"]["inputs"]["base_lin_vel"]
+    _rewrite_yaml(folder, m)
+    with pytest.raises(DeployError, match=r"graph inputs .* differ from deploy\.yaml observation\.inputs"):
+        DeployRunner(folder, FakeRobot(JOINTS))
+    m["observation"]["inputs"]["base_lin_vel"] = 3
+    m["observations"][0]["name"] = "base_lin_vel_estimate"  # no such output in the graph
+    _rewrite_yaml(folder, m)
+    with pytest.raises(DeployError, match=r"no output 'obs/base_lin_vel_estimate'"):
+        DeployRunner(folder, FakeRobot(JOINTS))
+
+
+def test_a_policy_without_base_lin_vel_needs_no_estimator(tmp_path):
+    terms = TERMS[1:]
+    folder = _write_deploy(tmp_path, manifest=_manifest(terms))
+    runner = DeployRunner(folder, FakeRobot(JOINTS))
+    assert "base_lin_vel" not in runner.obs_builder.inputs
+    reading = _reading(np.random.default_rng(3))
+    reading.base_lin_vel = None
+    assert runner.obs_builder.build(reading, ZERO_CMD, np.zeros(12)).shape == (45,)
 
 
 def test_mujoco_robot_holds_home_pose(tmp_path):

@@ -13,10 +13,13 @@ from embodied.cli import main
 from embodied.errors import ConfigError
 from embodied.registry import make_env
 from embodied.tasks.driving import DriveState, ackermann_angles, rear_wheel_speeds
-from embodied.terms import costs, driving, observations, rewards, terminations
+from embodied.terms import driving
 from embodied.terms.driving import ray_angles, ray_box_distances
+from embodied.terms.namespaces import family_terms
 
 torch.set_num_threads(1)
+
+TERMS = family_terms("driving")
 
 
 def _hand_state(n: int = 2, **fields) -> DriveState:
@@ -38,6 +41,7 @@ def _hand_state(n: int = 2, **fields) -> DriveState:
         route=route,
         route_cum=route[..., 0].clone(),
         route_arc=z(n),
+        route_segment=torch.zeros(n, dtype=torch.long),
         lane_offset=z(n),
         heading_error=z(n),
         road_offset=torch.full((n,), -1.75),
@@ -71,19 +75,19 @@ def _env(task: str, n: int = 4, **overrides):
     ],
 )
 def test_cost_is_one_on_violating_env_and_zero_on_clear_one(name, params, hit):
-    fn = costs.COSTS[name]
+    fn = TERMS["costs"][name]
     assert fn(_hand_state(), **params).tolist() == [0.0, 0.0], "a clear state costs nothing"
     assert fn(_hand_state(**hit), **params).tolist() == [1.0, 0.0]
 
 
 def test_speed_limit_is_per_env():
     s = _hand_state(ego_vel=torch.tensor([[8.0, 0, 0], [8.0, 0, 0]]), speed_limit=torch.tensor([7.0, 9.0]))
-    assert costs.COSTS["speed_over_limit"](s).tolist() == [1.0, 0.0]
-    assert costs.COSTS["speed_over_limit"](s, tolerance=0.2).tolist() == [0.0, 0.0]
+    assert TERMS["costs"]["speed_over_limit"](s).tolist() == [1.0, 0.0]
+    assert TERMS["costs"]["speed_over_limit"](s, tolerance=0.2).tolist() == [0.0, 0.0]
 
 
 def test_collision_leaving_the_road_and_flipping_terminate():
-    t = terminations.TERMINATIONS
+    t = TERMS["terminations"]
     s = _hand_state(
         3,
         collision=torch.tensor([True, False, False]),
@@ -97,7 +101,7 @@ def test_collision_leaving_the_road_and_flipping_terminate():
 
 
 def test_reward_is_progress_scaled_by_soft_infractions():
-    r = rewards.REWARDS["route_progress"]
+    r = TERMS["rewards"]["route_progress"]
     clean = _hand_state(4)
     assert torch.allclose(r(clean), torch.full((4,), 0.1)), "0.01 of the route in a 0.1 s step"
     assert r(_hand_state(progress=torch.zeros(2))).tolist() == [0.0, 0.0], "no progress, no reward"
@@ -108,7 +112,7 @@ def test_reward_is_progress_scaled_by_soft_infractions():
     )
     got = r(s, lane_penalty=0.5, max_offset=1.0, speeding_gain=5.0) * s.dt / s.progress
     assert torch.allclose(got, torch.tensor([1.0, 0.5, 0.5, 0.0])), "lane x0.5; 10 % over x0.5; 30 % over x0"
-    hard = rewards.REWARDS["hard_infraction"]
+    hard = TERMS["rewards"]["hard_infraction"]
     s = _hand_state(
         3, collision=torch.tensor([True, False, False]), off_road=torch.tensor([False, True, False])
     )
@@ -118,17 +122,17 @@ def test_reward_is_progress_scaled_by_soft_infractions():
 def test_route_waypoints_are_in_the_car_frame():
     s = _hand_state(1, ego_pos=torch.tensor([[4.0, 1.0, 0.3]]), ego_yaw=torch.tensor([math.pi / 2]))
     s.route_arc = torch.tensor([4.0])
-    pts = observations.OBSERVATIONS["route_waypoints"](s, num=2, spacing=4.0).view(2, 2)
+    pts = TERMS["observations"]["route_waypoints"](s, num=2, spacing=4.0).view(2, 2)
     # route points (8, 0) and (12, 0) seen from (4, 1) facing +y: ahead is +y, left is -x
     assert torch.allclose(pts, torch.tensor([[-1.0, -4.0], [-1.0, -8.0]]), atol=1e-5)
 
 
 def test_driving_terms_have_their_own_names():
     for table, drive in (
-        (rewards.REWARDS, driving.DRIVE_REWARDS),
-        (observations.OBSERVATIONS, driving.DRIVE_OBSERVATIONS),
-        (costs.COSTS, driving.DRIVE_COSTS),
-        (terminations.TERMINATIONS, driving.DRIVE_TERMINATIONS),
+        (TERMS["rewards"], driving.DRIVE_REWARDS),
+        (TERMS["observations"], driving.DRIVE_OBSERVATIONS),
+        (TERMS["costs"], driving.DRIVE_COSTS),
+        (TERMS["terminations"], driving.DRIVE_TERMINATIONS),
     ):
         for name, fn in drive.items():
             assert table[name] is fn, f"{name} is shadowed in the merged table"
@@ -204,9 +208,9 @@ def test_rays_match_mujoco_multiray():
         qpos[i, env._box_q[:, 1]] = xy[:, 1] - env._box_home[:, 1]
         qpos[i, env._box_q[:, 2]] = (torch.rand(nbox, generator=g) * 2 - 1) * math.pi
     env.backend.reset(torch.ones(3, dtype=torch.bool), qpos, qvel)
-    s = env._compute_state(torch.zeros(3, 2))
+    s = env._read_state(torch.zeros(3, 2))
     num, max_range = 61, 40.0
-    got = observations.OBSERVATIONS["range_rays"](s, num=num, fov_deg=360.0, max_range=max_range) * max_range
+    got = TERMS["observations"]["range_rays"](s, num=num, fov_deg=360.0, max_range=max_range) * max_range
     group = np.zeros(6, np.uint8)
     group[env.box_group] = 1
     hits = 0
@@ -267,7 +271,7 @@ def test_cli_reports_a_one_waypoint_route_on_one_line(tmp_path, capsys):
 def _pure_pursuit(env, speed: float = 9.0, lookahead: float = 8.0) -> torch.Tensor:
     """Steer at the route point ``lookahead`` m ahead (bicycle model), hold a wheel-speed target."""
     s = env.state
-    ahead = observations.OBSERVATIONS["route_waypoints"](s, num=1, spacing=lookahead)
+    ahead = TERMS["observations"]["route_waypoints"](s, num=1, spacing=lookahead)
     curvature = 2 * ahead[:, 1] / ahead.square().sum(-1)
     steer = torch.atan(env.wheelbase * curvature) / env.steer_max
     throttle = torch.full_like(steer, 2 * speed / env.max_speed - 1)

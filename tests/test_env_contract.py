@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from embodied.registry import make_env, task_names
-from sim.backend import available_backends
+from tests.conftest import engine_params
 
 N = 6
-CASES = [(t, b) for t in task_names() for b in available_backends()]
+# Every task on every engine; an engine not installed here shows up as skips that say why.
+CASES = [p for t in task_names() for p in engine_params(t)]
 
 
 def _env(task: str, engine: str, seed: int = 0, nthread: int = 2, **kw):
@@ -18,7 +19,7 @@ def _env(task: str, engine: str, seed: int = 0, nthread: int = 2, **kw):
 
 # One env per (task, backend) for the whole module: building one (and, for mjwarp, loading its
 # kernels) costs seconds, so the tests share it and each starts from the state it needs.
-@pytest.fixture(scope="module", params=CASES, ids=[f"{t}-{b}" for t, b in CASES])
+@pytest.fixture(scope="module", params=[pytest.param(p.values, id=p.id, marks=p.marks) for p in CASES])
 def env(request):
     e = _env(*request.param)
     yield e
@@ -32,20 +33,25 @@ def _random_actions(env, steps: int, seed: int = 0) -> torch.Tensor:
 
 def test_shapes_dtypes_device_and_finite(env):
     obs = env.reset()
-    assert set(env.obs_dims) >= {"policy", "critic"}
-    for g, d in env.obs_dims.items():
-        assert obs[g].shape == (N, d) and obs[g].dtype == torch.float32 and obs[g].device == env.device
+    assert set(env.obs_spec) >= {"policy", "critic"}
+    for g, spec in env.obs_spec.items():
+        assert obs[g].shape == (N, *spec.shape) and obs[g].dtype == spec.dtype and obs[g].device == env.device
     for a in _random_actions(env, 30):
         out = env.step(a)
-        for g, d in env.obs_dims.items():
-            assert out.obs[g].shape == (N, d)
-            assert torch.isfinite(out.obs[g]).all()
-            assert out.info["final_obs"][g].shape == (N, d)
+        for g, spec in env.obs_spec.items():
+            assert out.obs[g].shape == (N, *spec.shape) and out.obs[g].dtype == spec.dtype
+            assert out.info["final_obs"][g].shape == (N, *spec.shape)
+            if spec.dtype.is_floating_point:
+                assert torch.isfinite(out.obs[g]).all()
         for t in (out.reward, out.cost):
             assert t.shape == (N,) and t.dtype == torch.float32 and torch.isfinite(t).all()
         assert out.terminated.dtype == torch.bool and out.truncated.dtype == torch.bool
         assert not (out.terminated & out.truncated).any(), "an episode ends one way, not both"
-        assert all(k.startswith(("log/", "metric/", "final_obs")) for k in out.info)
+        assert all(
+            k.startswith(("log/", "metric/", "safety/", "final_obs", "applied_action")) for k in out.info
+        )
+        if "applied_action" in out.info:  # what reached the actuators: sanitized and filtered
+            assert out.info["applied_action"].shape == (N, env.action_dim)
 
 
 def test_every_reward_term_is_logged(env):
@@ -65,12 +71,15 @@ def test_each_cost_term_is_reported_per_env_and_sums_to_the_cost(env):
     assert torch.allclose(total, out.cost)
 
 
-def test_time_limit_truncates_and_auto_resets_with_final_obs(env):
+def test_time_limit_truncates_exactly_at_the_last_step_and_auto_resets_with_final_obs(env):
     env.reset()
-    env.episode_length[:] = env.max_episode_length - 1
-    out = env.step(torch.zeros(N, env.action_dim))
-    ended = out.truncated | out.terminated
-    assert ended.all()
+    env.episode_length[:] = env.max_episode_length - 3  # three control steps left
+    for k in (1, 2, 3):
+        out = env.step(torch.zeros(N, env.action_dim))
+        assert not out.terminated.any(), f"step {k}: standing still from a reset ends no episode"
+        assert out.truncated.tolist() == [k == 3] * N, f"step {k}: only the last step truncates"
+        if k < 3:
+            assert (env.episode_length == env.max_episode_length - 3 + k).all()
     assert (env.episode_length == 0).all(), "done envs restart their episode"
     # final_obs is the last observation of the old episode, obs the first of the new one
     assert not torch.equal(out.info["final_obs"]["policy"], out.obs["policy"])
@@ -87,8 +96,8 @@ def test_fall_is_terminated_not_truncated(env):
     env.backend.reset(mask, qpos, qvel)
     env.episode_length[:] = env.max_episode_length - 1  # would also time out this step
     out = env.step(torch.zeros(N, env.action_dim))
-    assert out.terminated[0] and not out.truncated[0]
-    assert out.truncated[1:].all() or out.terminated[1:].any()
+    assert out.terminated.tolist() == [True] + [False] * (N - 1), "only the flipped env fell"
+    assert out.truncated.tolist() == [False] + [True] * (N - 1), "a fall is not also a timeout"
 
 
 def test_masked_reset_touches_only_masked_envs(env):

@@ -1,4 +1,4 @@
-"""Export of a trained run: ONNX / TorchScript / torch parity, the parity check itself, deploy.yaml."""
+"""Export of a trained run: ONNX / TorchScript / torch parity, the observation graph, safety filters, deploy.yaml."""
 
 from __future__ import annotations
 
@@ -11,40 +11,88 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
-from torch import nn
 
+from embodied.cli import compose
+from embodied.cli import main as cli_main
+from embodied.deploy import ObservationBuilder, load_manifest
 from embodied.export import (
-    OPSET,
     ExportedPolicy,
     ExportError,
+    ObservationExport,
+    ObservationGraph,
+    check_observation_parity,
     check_parity,
+    export_from_env,
     export_policy,
     export_run,
+    observation_runner,
     onnx_runner,
     record_observations,
+    record_signals,
     sha256,
     torch_runner,
     torchscript_runner,
 )
-from embodied.workflow import build_env, load_policy
+from embodied.math import quat_rotate_inverse
+from embodied.workflow import build_env, build_policy, load_policy
+from policies.safety import SafetyFilter, register_filter
 from tests.test_cli import embodied
 from tests.test_train_e2e import TINY
 
 torch.set_num_threads(1)
+
+FILTER, FILTER_DIM, FILTER_BOUND = "test_clamp_one", 2, 0.2
+SIGNALS = {
+    "base_lin_vel": 3,
+    "imu_gyro": 3,
+    "imu_quat": 4,
+    "command": 3,
+    "joint_pos": 12,
+    "joint_vel": 12,
+    "last_action": 12,
+}
+
+
+class ClampOne(SafetyFilter):
+    """Test filter: action[:, dim] clamped to [-bound, bound]; intervened where that changed it."""
+
+    def __init__(self, action_dim: int, dim: int, bound: float):
+        super().__init__(FILTER)
+        mask = torch.zeros(action_dim)
+        mask[dim] = 1.0
+        self.register_buffer("mask", mask)
+        self.bound = float(bound)
+
+    def forward(
+        self, obs: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        safe = action + self.mask * (action.clamp(-self.bound, self.bound) - action)
+        info: dict[str, torch.Tensor] = {}
+        return safe, (safe != action).any(dim=-1), info
+
+
+def _clamp_one(layout, action_dim: int, dim: int = FILTER_DIM, bound: float = FILTER_BOUND) -> ClampOne:
+    return ClampOne(action_dim, dim, bound)
+
+
+register_filter(FILTER, _clamp_one)
 
 SCHEMA_KEYS = {
     "": {
         "schema_version",
         "task",
         "policy",
+        "observation",
         "joints",
         "control",
         "action",
         "observations",
+        "safety_filters",
         "commands",
         "obs_clip",
     },
     "policy": {"onnx", "onnx_sha256", "torchscript", "input", "outputs"},
+    "observation": {"onnx", "onnx_sha256", "inputs"},
     "joints": {"names", "default_positions", "kp", "kd", "torque_limits", "position_limits"},
     "control": {"dt", "physics_dt", "decimation"},
     "action": {"offset", "scale"},
@@ -75,7 +123,7 @@ def loaded(run) -> dict[str, Any]:
     assert float(norm.std.min()) < 0.1 and float(norm.mean.abs().max()) > 0.5, "normalizer is near identity"
     out = {
         "ac": ac,
-        "policy": ExportedPolicy.from_actor_critic(ac, offset, scale),
+        "policy": ExportedPolicy.from_policy(ac, offset, scale, env.filters),
         "offset": offset,
         "scale": scale,
         "joints": list(env.backend.info.actuated_joints),
@@ -112,13 +160,13 @@ def test_exported_graph_matches_the_env_action_path(loaded):
     obs = loaded["recorded"]
     with torch.no_grad():
         targets, actions = loaded["policy"](obs)
-        expected = loaded["ac"](obs).clamp(-1.0, 1.0)
+        expected = loaded["ac"]({"policy": obs}).clamp(-1.0, 1.0)
     torch.testing.assert_close(actions, expected)
     torch.testing.assert_close(targets, loaded["offset"] + loaded["scale"] * expected)
 
 
 def test_parity_fails_if_normalizer_is_left_out(tmp_path, loaded):
-    broken = ExportedPolicy(nn.Identity(), loaded["ac"].actor, loaded["offset"], loaded["scale"])
+    broken = ExportedPolicy(loaded["ac"].actor, loaded["offset"], loaded["scale"], obs_dim=48)
     obs = {"recorded": loaded["recorded"]}
     export_policy(broken, tmp_path / "broken", {"policy": {}}, obs)  # consistent with itself: passes
     runners = {"onnxruntime": onnx_runner(tmp_path / "broken" / "policy.onnx"), "torch": torch_runner(broken)}
@@ -145,8 +193,11 @@ def test_deploy_yaml_matches_schema_and_hash(run, loaded):
     d = yaml.safe_load(text)
     for section, keys in SCHEMA_KEYS.items():
         assert set(d[section] if section else d) == keys, section
-    assert d["schema_version"] == 1 and d["task"] == "go2_velocity" and d["obs_clip"] == 100.0
-    assert d["policy"]["input"] == {"name": "obs", "dim": 48}
+    assert d["schema_version"] == 2 and d["task"] == "go2_velocity" and d["obs_clip"] == 100.0
+    assert d["policy"]["input"] == {"name": "obs", "group": "policy", "dtype": "float32", "dim": 48}
+    assert d["observation"]["onnx_sha256"] == sha256(out / d["observation"]["onnx"])
+    assert d["observation"]["inputs"] == SIGNALS
+    assert d["safety_filters"] == []
     assert d["policy"]["outputs"] == {"joint_targets": {"dim": 12}, "actions": {"dim": 12}}
     assert d["policy"]["onnx_sha256"] == sha256(out / d["policy"]["onnx"])
     assert (out / d["policy"]["torchscript"]).is_file()
@@ -174,11 +225,156 @@ def test_deploy_yaml_matches_schema_and_hash(run, loaded):
     assert files["deploy.yaml"].decode() == meta["deploy_yaml"]
 
 
-def test_opset_at_least_17(run):
-    model = onnx.load(str(run / "exported" / "policy.onnx"))
+@pytest.mark.parametrize("name", ["policy.onnx", "observation.onnx"])
+def test_written_files_record_opset_17_or_later(run, name):
+    model = onnx.load(str(run / "exported" / name))
     onnx.checker.check_model(model)
     opset = {o.domain: o.version for o in model.opset_import}
-    assert opset.get("", opset.get("ai.onnx", 0)) >= 17 and OPSET >= 17
-    assert [i.name for i in model.graph.input] == ["obs"]
-    assert [o.name for o in model.graph.output] == ["joint_targets", "actions"]
+    assert opset.get("", opset.get("ai.onnx", 0)) >= 17, opset
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param, "dynamic batch axis"
+
+
+def test_graph_names(run):
+    policy = onnx.load(str(run / "exported" / "policy.onnx"))
+    assert [i.name for i in policy.graph.input] == ["obs"]
+    assert [o.name for o in policy.graph.output] == ["joint_targets", "actions"]
+    obs = onnx.load(str(run / "exported" / "observation.onnx"))
+    assert [i.name for i in obs.graph.input] == list(SIGNALS)
+    names = (
+        "base_lin_vel base_ang_vel projected_gravity velocity_commands joint_pos_rel joint_vel last_action"
+    )
+    assert [o.name for o in obs.graph.output] == [f"obs/{n}" for n in names.split()]
+
+
+# -- the observation graph -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quiet_env(run):
+    """The run's env without observation noise (so its obs is a pure function of its state), its policy."""
+    cfg = OmegaConf.load(run / "config.yaml")
+    for term in cfg.task.observations.policy.values():
+        if term is not None and "noise" in term:
+            term.noise = 0.0
+    env = build_env(cfg, num_envs=4)
+    ac, _ = load_policy(run, cfg, env, None)
+    yield env, ac
+    env.close()
+
+
+def test_observation_graph_matches_the_torch_terms_on_recorded_states(run, quiet_env):
+    env, ac = quiet_env
+    graph = ObservationGraph.from_env(env)
+    rec = record_signals(env, ac, graph, steps=40, seed=5)
+    assert rec.obs.shape == (160, 48) and set(rec.signals) == set(SIGNALS)
+    assert float(rec.signals["joint_vel"].abs().max()) > 0.5, "the robot moved: the states are not all alike"
+    runners = {"onnxruntime": observation_runner(run / "exported" / "observation.onnx")}
+    diffs = check_observation_parity(graph, runners, {"recorded": (rec.signals, rec.terms)}, tol=1e-5)
+    assert set(diffs) == {"onnxruntime/recorded", "torch/recorded"} and max(diffs.values()) <= 1e-5, diffs
+    # Through the deploy runner's builder: the exported graph's terms, concatenated and clipped,
+    # are the env's own policy observation.
+    builder = ObservationBuilder(load_manifest(run / "exported" / "deploy.yaml"))
+    x = {k: v.numpy() for k, v in rec.signals.items()}
+    built = np.clip(np.concatenate(builder.terms_of(x), axis=1), -100.0, 100.0)
+    np.testing.assert_allclose(built, rec.obs.numpy(), atol=1e-5)
+
+
+def test_observation_graph_that_disagrees_with_training_is_refused(tmp_path, run, loaded, quiet_env):
+    env, ac = quiet_env
+    good = ObservationGraph.from_env(env)
+    rec = record_signals(env, ac, good, steps=5, seed=2)
+    layout = env.obs_layout("policy")
+    layout[5] = {**layout[5], "scale": 0.5}  # joint_vel scaled 10x too much
+    wrong = ObservationGraph(
+        good.terms, layout, num_joints=12, constants={"default_joint_pos": good.default_joint_pos}
+    )
+    manifest = yaml.safe_load((run / "exported" / "deploy.yaml").read_text())
+    del manifest["observation"]
+    out = tmp_path / "exported"
+    with pytest.raises(
+        ExportError, match=r"observation graph disagrees with the torch terms .*'joint_vel'"
+    ) as e:
+        export_policy(
+            loaded["policy"],
+            out,
+            manifest,
+            {"recorded": loaded["recorded"]},
+            observation=ObservationExport(wrong, {"recorded": (rec.signals, rec.terms)}),
+        )
+    assert "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == [], "a refused export writes nothing"
+
+
+def test_observation_graph_does_not_normalize_the_quaternion(run):
+    """Pinned: the graph rotates by the quaternion as given (training's formula); the runner
+    refuses readings off unit norm instead (tests/test_deploy.py)."""
+    gen = torch.Generator().manual_seed(4)
+    unit = torch.nn.functional.normalize(torch.randn(64, 4, generator=gen), dim=-1)
+    down = torch.tensor([[0.0, 0.0, -1.0]]).expand(64, 3)
+    run_graph = observation_runner(run / "exported" / "observation.onnx")
+    base = {k: np.zeros((64, w), np.float32) for k, w in SIGNALS.items()}
+    for k in (1.0, 1.5, 0.5):
+        got = run_graph({**base, "imu_quat": (k * unit).numpy()})["projected_gravity"]
+        np.testing.assert_allclose(got, quat_rotate_inverse(k * unit, down).numpy(), atol=1e-5)
+    normalized = quat_rotate_inverse(unit, down).numpy()
+    assert np.abs(got - normalized).max() > 0.1, "a non-unit quaternion gives a different vector"
+
+
+def test_observation_graph_refuses_a_term_robots_cannot_observe(tmp_path):
+    cfg = compose(["num_envs=2", "+task.observations.policy.foot_contact={}", *TINY[3:]])
+    env = build_env(cfg, num_envs=2)
+    try:
+        with pytest.raises(ExportError, match=r"term 'foot_contact' reads 'foot_contact'") as e:
+            export_from_env(env, build_policy(cfg, env), cfg.task, tmp_path / "exported")
+    finally:
+        env.close()
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "exported").exists() and list(tmp_path.iterdir()) == [], "nothing written"
+
+
+# -- safety filters inside the exported graph ----------------------------------------------------
+@pytest.fixture(scope="module")
+def filtered_run(tmp_path_factory) -> Path:
+    """A 2-iteration run trained with the test filter (registered in this process), exported."""
+    run = tmp_path_factory.mktemp("filtered") / "run"
+    rc = cli_main(
+        [
+            "train",
+            *TINY,
+            "train.max_iterations=2",
+            "train.evaluate=false",
+            "train.video=false",
+            f"run_dir={run}",
+            f"safety.filters=[{FILTER}]",
+        ]
+    )
+    torch.set_num_threads(1)
+    assert rc == 0 and (run / "exported" / "deploy.yaml").is_file()
+    return run
+
+
+def test_registered_safety_filter_is_inside_the_exported_graph(filtered_run):
+    out = filtered_run / "exported"
+    assert yaml.safe_load((out / "deploy.yaml").read_text())["safety_filters"] == [FILTER]
+    cfg = OmegaConf.load(filtered_run / "config.yaml")
+    env = build_env(cfg, num_envs=4)
+    try:
+        ac, _ = load_policy(filtered_run, cfg, env, None)
+        assert env.filters.names == [FILTER]
+        offset, scale = env.action_affine()
+        policy = ExportedPolicy.from_policy(ac, offset, scale, env.filters)
+        recorded = record_observations(env, ac, steps=20, seed=1)
+    finally:
+        env.close()
+    gen = torch.Generator().manual_seed(11)
+    obs = torch.cat([recorded, 3.0 * torch.randn(512, 48, generator=gen)])
+    with torch.no_grad():
+        raw = ac({"policy": obs}).clamp(-1.0, 1.0).numpy()  # the actor without the filter
+    over = np.abs(raw[:, FILTER_DIM]) > FILTER_BOUND + 0.01
+    assert int(over.sum()) >= 20, "the actor must exceed the bound somewhere for the test to bite"
+    diffs = check_parity(policy, _runners(filtered_run), {"mixed": obs}, tol=1e-5)
+    assert len(diffs) == 2 and max(diffs.values()) <= 1e-5, diffs
+    targets, actions = onnx_runner(out / "policy.onnx")(obs.numpy())
+    assert np.abs(actions[:, FILTER_DIM]).max() <= FILTER_BOUND + 1e-6
+    np.testing.assert_allclose(actions[over, FILTER_DIM], FILTER_BOUND * np.sign(raw[over, FILTER_DIM]))
+    others = [i for i in range(12) if i != FILTER_DIM]
+    np.testing.assert_allclose(actions[:, others], raw[:, others], atol=1e-5)
+    np.testing.assert_allclose(targets, offset.numpy() + scale.numpy() * actions, atol=1e-5)

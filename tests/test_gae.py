@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from embodied.algorithms import PPO, PPOConfig
+from embodied.algorithms.ppo import PPO, PPOConfig
 from embodied.env import StepOut
 from embodied.rollout import compute_gae
 from policies import ActorCritic
+from policies.spec import TensorSpec
 
 torch.set_num_threads(1)
 
@@ -14,6 +15,7 @@ REWARDS = torch.tensor([[1.0], [2.0], [3.0]])  # (T=3, N=1)
 VALUES = torch.tensor([[0.5], [1.0], [1.5]])
 LAST_VALUES = torch.tensor([2.0])
 GAMMA, LAM = 0.9, 0.5
+SPEC = {"policy": TensorSpec((2,)), "critic": TensorSpec((3,))}
 
 
 def test_gae_matches_hand_computation():
@@ -44,7 +46,7 @@ def test_gae_cuts_bootstrap_at_terminal():
 
 def _linear_critic_ppo(gamma: float) -> PPO:
     """PPO whose critic is exactly V(c) = c[0] + 5 (no hidden layers, no normalization)."""
-    ac = ActorCritic(2, 3, 1, actor_hidden_dims=(8,), critic_hidden_dims=(), normalize_obs=False)
+    ac = ActorCritic(SPEC, 1, actor_hidden_dims=(8,), critic_hidden_dims=(), normalize_obs=False)
     with torch.no_grad():
         ac.critic[-1].weight.copy_(torch.tensor([[1.0, 0.0, 0.0]]))
         ac.critic[-1].bias.fill_(5.0)

@@ -11,9 +11,12 @@ from embodied.cli import main
 from embodied.errors import ConfigError
 from embodied.registry import make_env
 from embodied.tasks.manipulation import ArmState, dls_ik
-from embodied.terms import costs, driving, manipulation, observations, rewards, terminations
+from embodied.terms import manipulation
+from embodied.terms.namespaces import family_terms
 
 torch.set_num_threads(1)
+
+TERMS = family_terms("manipulation")
 
 
 def _hand_state(n: int = 2, **fields) -> ArmState:
@@ -74,36 +77,31 @@ def _env(task: str, n: int = 4, **overrides):
     ],
 )
 def test_cost_is_one_on_violating_env_and_zero_on_clear_one(name, params, hit):
-    fn = costs.COSTS[name]
+    fn = TERMS["costs"][name]
     assert fn(_hand_state(), **params).tolist() == [0.0, 0.0], "a clear state costs nothing"
     assert fn(_hand_state(**hit), **params).tolist() == [1.0, 0.0]
 
 
 def test_cube_off_the_table_or_thrown_up_terminates():
     s = _hand_state(3, object_pos=torch.tensor([[0.5, 0.0, 0.025], [0.95, 0.0, -0.2], [0.5, 0.0, 2.0]]))
-    assert terminations.TERMINATIONS["object_out_of_bounds"](s).tolist() == [False, True, True]
+    assert TERMS["terminations"]["object_out_of_bounds"](s).tolist() == [False, True, True]
 
 
 def test_goal_terms_follow_distance_and_lift():
     s = _hand_state(2, object_pos=torch.tensor([[0.5, 0.1, 0.025], [0.5, 0.1, 0.2]]))
     s.goal_pos = s.object_pos.clone()
-    gated = rewards.REWARDS["object_goal_tanh"](s, std=0.1, min_lift=0.02)
+    gated = TERMS["rewards"]["object_goal_tanh"](s, std=0.1, min_lift=0.02)
     assert gated.tolist() == [0.0, 1.0], "carrying reward is paid only while the cube is lifted"
-    assert rewards.REWARDS["object_lifted"](s, min_lift=0.02).tolist() == [0.0, 1.0]
-    assert observations.OBSERVATIONS["object_goal_error"](s).abs().max() == 0
+    assert TERMS["rewards"]["object_lifted"](s, min_lift=0.02).tolist() == [0.0, 1.0]
+    assert TERMS["observations"]["object_goal_error"](s).abs().max() == 0
 
 
-def test_family_terms_do_not_shadow_generic_ones():
-    for table, module in (
-        (rewards.REWARDS, rewards),
-        (observations.OBSERVATIONS, observations),
-        (costs.COSTS, costs),
-        (terminations.TERMINATIONS, terminations),
-    ):
+def test_manipulation_namespace_holds_no_other_family_terms():
+    for kind, table in TERMS.items():
         for name, fn in table.items():
-            assert fn.__module__ in (module.__name__, manipulation.__name__, driving.__name__)
-            if fn.__module__ != module.__name__:  # a family term never hides a generic one
-                assert not callable(getattr(module, name, None)) or getattr(module, name) is fn, name
+            assert fn.__module__ != "embodied.terms.driving", f"{kind} {name} comes from driving"
+    assert "feet_air_time" not in TERMS["rewards"] and "base_contact" not in TERMS["terminations"]
+    assert TERMS["rewards"]["object_lifted"] is manipulation.MANIP_REWARDS["object_lifted"]
 
 
 # -- kinematics and differential IK ---------------------------------------------------------------

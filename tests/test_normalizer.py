@@ -2,11 +2,13 @@
 
 import torch
 
-from embodied.algorithms import PPO, PPOConfig
+from embodied.algorithms.ppo import PPO, PPOConfig
 from embodied.env import StepOut
 from policies import ActorCritic, EmpiricalNormalizer
+from policies.spec import TensorSpec
 
 torch.set_num_threads(1)
+SPEC = {"policy": TensorSpec((2,)), "critic": TensorSpec((3,))}
 
 
 def _batches(seed: int = 0) -> list[torch.Tensor]:
@@ -56,7 +58,7 @@ def test_eval_mode_does_not_update():
 
 
 def test_process_env_step_updates_normalizers_with_acted_obs():
-    ac = ActorCritic(2, 3, 1, actor_hidden_dims=(8,), critic_hidden_dims=(8,))
+    ac = ActorCritic(SPEC, 1, actor_hidden_dims=(8,), critic_hidden_dims=(8,))
     ppo = PPO(ac, num_envs=5, cfg=PPOConfig(num_steps_per_env=2))
     policy_obs, critic_obs = torch.randn(5, 2) + 3.0, torch.randn(5, 3) - 1.0
     ppo.act({"policy": policy_obs, "critic": critic_obs})

@@ -6,10 +6,14 @@ import time
 import pytest
 import torch
 
-from embodied.algorithms import PPO, PPOConfig
-from embodied.algorithms.ppo import surrogate_loss, value_loss
+from embodied.algorithms.ppo import PPO, PPOConfig, surrogate_loss, value_loss
+from embodied.checkpoint import load_module_state
 from embodied.env import Obs, StepOut
+from embodied.errors import ConfigError
 from policies import MLP, ActorCritic, gaussian_entropy, gaussian_kl, gaussian_log_prob
+from policies.spec import TensorSpec
+
+SPEC = {"policy": TensorSpec((1,)), "critic": TensorSpec((2,))}
 
 torch.set_num_threads(1)
 
@@ -18,7 +22,7 @@ class PointMass1D:
     """N points on a line; the action moves each by up to 0.1 and the reward 1 - x^2 pays for staying
     near the origin. Leaving |x| < 2 terminates; the time limit truncates."""
 
-    obs_dims = {"policy": 1, "critic": 2}  # noqa: RUF012
+    obs_spec = {"policy": TensorSpec((1,)), "critic": TensorSpec((2,))}  # noqa: RUF012
     action_dim = 1
     dt = 0.1
 
@@ -59,7 +63,7 @@ class PointMass1D:
 
 
 def _make_ppo(num_envs: int = 8, hidden: tuple[int, ...] = (32, 32), **cfg_kwargs) -> PPO:
-    ac = ActorCritic(1, 2, 1, actor_hidden_dims=hidden, critic_hidden_dims=hidden)
+    ac = ActorCritic(SPEC, 1, actor_hidden_dims=hidden, critic_hidden_dims=hidden)
     return PPO(ac, num_envs=num_envs, cfg=PPOConfig(**cfg_kwargs))
 
 
@@ -78,7 +82,7 @@ def _deterministic_return(ac: ActorCritic, num_envs: int = 256) -> float:
     env = PointMass1D(num_envs, seed=123)
     obs, total, alive = env.reset(seed=123), torch.zeros(num_envs), torch.ones(num_envs, dtype=torch.bool)
     for _ in range(env.max_episode_length):
-        out = env.step(ac.act_inference(obs["policy"]))
+        out = env.step(ac.act_inference(obs))
         total += torch.where(alive, out.reward, 0.0)
         alive &= ~(out.terminated | out.truncated)
         obs = out.obs
@@ -177,16 +181,17 @@ def test_state_dict_round_trip_gives_identical_actions():
     ppo = _rollout_ppo()
     ppo.update()
     buffer = io.BytesIO()
-    torch.save(ppo.state_dict(), buffer)
+    torch.save({"policy": ppo.policy.state_dict(), "algo": ppo.state_dict()}, buffer)
     buffer.seek(0)
 
     torch.manual_seed(99)
     restored = _make_ppo(num_envs=8, num_steps_per_env=4)
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    saved = torch.load(buffer, weights_only=True)
+    assert "model" not in saved["algo"]  # the policy's weights are kept apart from the algorithm's state
+    load_module_state(restored.policy, saved["policy"], "saved")
+    restored.load_state_dict(saved["algo"])
     obs = {"policy": torch.randn(16, 1), "critic": torch.randn(16, 2)}
-    torch.testing.assert_close(
-        restored.actor_critic.act_inference(obs["policy"]), ppo.actor_critic.act_inference(obs["policy"])
-    )
+    torch.testing.assert_close(restored.actor_critic.act_inference(obs), ppo.actor_critic.act_inference(obs))
     torch.manual_seed(7)
     sampled = ppo.act(obs)
     torch.manual_seed(7)
@@ -196,13 +201,15 @@ def test_state_dict_round_trip_gives_identical_actions():
     assert int(restored.actor_critic.actor_normalizer.count) == 32
 
 
-def test_mismatched_state_dict_raises_value_error():
-    saved = _make_ppo(hidden=(32, 32)).state_dict()
-    with pytest.raises(ValueError, match=r"actor\.0\.weight has shape \(32, 1\), expected \(64, 1\)"):
-        _make_ppo(hidden=(64, 32)).load_state_dict(saved)
-    unnormalized = PPO(ActorCritic(1, 2, 1, (32, 32), (32, 32), normalize_obs=False), 8, PPOConfig())
-    with pytest.raises(ValueError, match="checkpoint does not match this policy: unexpected"):
-        unnormalized.load_state_dict(saved)
+def test_mismatched_policy_state_is_a_one_line_error():
+    saved = _make_ppo(hidden=(32, 32)).policy.state_dict()
+    with pytest.raises(ConfigError, match=r"actor\.0\.weight has shape \(32, 1\), expected \(64, 1\)"):
+        load_module_state(_make_ppo(hidden=(64, 32)).policy, saved, "saved")
+    unnormalized = ActorCritic(SPEC, 1, (32, 32), (32, 32), normalize_obs=False)
+    with pytest.raises(ConfigError, match="saved does not match this policy: unexpected"):
+        load_module_state(unnormalized, saved, "saved")
+    with pytest.raises(ValueError, match="PPO state lacks"):
+        _make_ppo().load_state_dict({"learning_rate": 1e-3})
 
 
 def test_ppo_learns_to_hold_point_mass_at_origin():
@@ -224,10 +231,17 @@ def test_ppo_learns_to_hold_point_mass_at_origin():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
-def test_actor_critic_forward_exports_as_one_module():
-    ac = ActorCritic(1, 2, 1, actor_hidden_dims=(8,), critic_hidden_dims=(8,)).eval()
+def test_actor_module_exports_as_one_module():
+    ac = ActorCritic(SPEC, 1, actor_hidden_dims=(8,), critic_hidden_dims=(8,)).eval()
     ac.actor_normalizer.mean.fill_(0.5)  # exported graph must carry the normalizer
     x = torch.randn(4, 1)
-    ac.act(x)  # a kept distribution must not get in the way of export
-    torch.testing.assert_close(torch.export.export(ac, (x,)).module()(x), ac.act_inference(x))
-    torch.testing.assert_close(torch.jit.script(ac)(x), ac.act_inference(x))
+    ac.act({"policy": x})  # a kept distribution must not get in the way of export
+    actor = ac.actor_module()
+    torch.testing.assert_close(torch.export.export(actor, (x,)).module()(x), ac.act_inference({"policy": x}))
+    torch.testing.assert_close(torch.jit.script(actor)(x), ac.act_inference({"policy": x}))
+
+
+def test_actor_critic_refuses_an_image_group():
+    spec = {**SPEC, "rgb": TensorSpec((3, 8, 8), torch.uint8, "rgb")}
+    with pytest.raises(ValueError, match="reads vector groups"):
+        ActorCritic(spec, 1, actor_obs="rgb")

@@ -51,7 +51,9 @@ class GymnasiumEnv(gym.Env[np.ndarray, np.ndarray]):
         self.render_size = (int(render_width), int(render_height))
         self.env = make_env(task, num_envs=1, nthread=1, seed=seed, **make_env_kwargs)
         self.metadata = {**type(self).metadata, "render_fps": 1.0 / self.env.dt}
-        self.observation_space = spaces.Box(-OBS_CLIP, OBS_CLIP, (self.env.obs_dims["policy"],), np.float32)
+        self.observation_space = spaces.Box(
+            -OBS_CLIP, OBS_CLIP, (self.env.obs_spec["policy"].dim,), np.float32
+        )
         self.action_space = spaces.Box(-1.0, 1.0, (self.env.action_dim,), np.float32)
 
     def reset(

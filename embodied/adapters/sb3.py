@@ -41,7 +41,7 @@ class SB3VecEnv(VecEnv):
         self.env = env
         self._render_mode = render_mode  # read back through get_attr("render_mode") by VecEnv.__init__
         self.render_size = render_size
-        obs_space = spaces.Box(-OBS_CLIP, OBS_CLIP, (env.obs_dims["policy"],), np.float32)
+        obs_space = spaces.Box(-OBS_CLIP, OBS_CLIP, (env.obs_spec["policy"].dim,), np.float32)
         action_space = spaces.Box(-1.0, 1.0, (env.action_dim,), np.float32)
         super().__init__(env.num_envs, obs_space, action_space)
         self.metadata["render_fps"] = 1.0 / env.dt  # VecVideoRecorder reads it

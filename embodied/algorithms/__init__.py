@@ -1,5 +1,43 @@
-"""Learning algorithms with the rsl_rl surface: act, process_env_step, compute_returns, update."""
+"""Algorithm registry: ``algo=<name>`` selects a builder ``(cfg, policy, env) -> Algorithm``.
 
-from embodied.algorithms.ppo import PPO, PPOConfig
+A new algorithm is one module, one ``register_algorithm`` call and one ``configs/algo/<name>.yaml``
+(whose ``name`` key is the registry name). The Runner sees only the protocol in ``base.py``.
+"""
 
-__all__ = ["PPO", "PPOConfig"]
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from embodied.algorithms.base import Algorithm, OnPolicy
+from embodied.errors import ConfigError
+
+AlgorithmBuilder = Callable[[Mapping[str, Any], nn.Module, Any], Algorithm]
+ALGORITHMS: dict[str, AlgorithmBuilder] = {}
+
+__all__ = ["ALGORITHMS", "Algorithm", "OnPolicy", "build_algorithm", "register_algorithm"]
+
+
+def register_algorithm(name: str, builder: AlgorithmBuilder) -> None:
+    """Make ``builder(cfg, policy, env)`` available as ``algo=<name>``."""
+    if name in ALGORITHMS and ALGORITHMS[name] is not builder:
+        raise ConfigError(f"an algorithm named {name!r} is already registered")
+    ALGORITHMS[name] = builder
+
+
+def build_algorithm(name: str, cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> Algorithm:
+    """The registered algorithm ``name`` for ``policy`` on ``env``; unknown names are ConfigErrors."""
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algo {name!r}; registered: {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[name](cfg, policy, env)
+
+
+def _ppo(cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> Algorithm:
+    from embodied.algorithms.ppo import PPO
+
+    return PPO.from_config(cfg, policy, env)
+
+
+register_algorithm("ppo", _ppo)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -10,9 +11,10 @@ import torch
 from torch import nn
 
 from embodied.env import Obs, StepOut
+from embodied.errors import ConfigError
 from embodied.rollout import RolloutStorage
-from policies.actor_critic import ActorCritic
 from policies.distributions import gaussian_kl
+from policies.spec import TensorSpec
 
 
 @dataclass
@@ -96,10 +98,19 @@ def adapt_learning_rate(lr: float, kl: float, desired_kl: float, min_lr: float, 
 
 
 class PPO:
-    """PPO with rsl_rl's surface: act -> process_env_step (x T) -> compute_returns -> update."""
+    """PPO with rsl_rl's surface: act -> process_env_step (x T) -> compute_returns -> update.
+
+    ``actor_critic`` is any registered policy (policies/registry.py); the observation groups it
+    reads (``obs_groups``) are stored with the shapes and dtypes of ``obs_spec``.
+    """
 
     def __init__(
-        self, actor_critic: ActorCritic, num_envs: int, cfg: PPOConfig, device: str | torch.device = "cpu"
+        self,
+        actor_critic: nn.Module,
+        num_envs: int,
+        cfg: PPOConfig,
+        device: str | torch.device = "cpu",
+        obs_spec: Mapping[str, TensorSpec] | None = None,
     ):
         self.cfg = cfg
         self.device = torch.device(device)
@@ -107,15 +118,46 @@ class PPO:
         self.learning_rate = cfg.learning_rate
         self.iteration = 0
         self.optimizer = torch.optim.Adam(self.actor_critic.parameters(), lr=self.learning_rate)
+        groups = tuple(actor_critic.obs_groups)
+        if obs_spec is None:  # the policy's own groups as flat float vectors
+            dims = {actor_critic.actor_obs: actor_critic.num_actor_obs}
+            dims[actor_critic.critic_obs] = actor_critic.num_critic_obs
+            obs_spec = {g: TensorSpec((d,)) for g, d in dims.items()}
+        missing = [g for g in groups if g not in obs_spec]
+        if missing:
+            raise ConfigError(f"the policy reads observation groups {missing} the env does not give")
+        self.obs_groups = groups
         self.storage = RolloutStorage(
             cfg.num_steps_per_env,
             num_envs,
-            actor_critic.num_actor_obs,
-            actor_critic.num_critic_obs,
+            {g: obs_spec[g] for g in groups},
             actor_critic.num_actions,
             self.device,
         )
-        self._transition: dict[str, torch.Tensor] = {}
+        self._transition: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> PPO:
+        """PPO from an ``algo`` config block (its keys are PPOConfig's); unknown keys are errors."""
+        known = {f.name for f in fields(PPOConfig)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown algo key(s) {', '.join(unknown)}; PPO takes: {', '.join(sorted(known))}"
+            )
+        try:
+            pcfg = PPOConfig(**cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return cls(policy, env.num_envs, pcfg, env.device, env.obs_spec)
+
+    @property
+    def policy(self) -> nn.Module:
+        return self.actor_critic
+
+    @property
+    def num_steps_per_env(self) -> int:
+        return self.cfg.num_steps_per_env
 
     def train_mode(self) -> None:
         """Training mode: normalizers update during collection."""
@@ -127,16 +169,15 @@ class PPO:
 
     @torch.no_grad()
     def act(self, obs: Obs) -> torch.Tensor:
-        """Sample actions (N, A) for obs groups "policy" (N, D) and "critic" (N, Dc); remember the step."""
+        """Sample actions (N, A) for the observation groups the policy reads; remember the step."""
         # Cloned because envs may overwrite their observation buffers in place on the next step.
-        actor_obs, critic_obs = obs["policy"].clone(), obs["critic"].clone()
+        kept = {g: obs[g].clone() for g in self.obs_groups}
         ac = self.actor_critic
-        actions = ac.act(actor_obs)
+        actions = ac.act(kept)
         self._transition = {
-            "actor_obs": actor_obs,
-            "critic_obs": critic_obs,
+            "obs": kept,
             "actions": actions,
-            "values": ac.evaluate(critic_obs),
+            "values": ac.evaluate(kept),
             "actions_log_prob": ac.get_actions_log_prob(actions),
             "mu": ac.action_mean,
             "sigma": ac.action_std,
@@ -159,20 +200,20 @@ class PPO:
         if final_obs is not None:
             # Evaluated for every row (cheaper than a device sync to test for any timeouts);
             # torch.where drops whatever the critic made of rows whose final obs is not valid.
-            final_values = self.actor_critic.evaluate(final_obs["critic"])
+            final_values = self.actor_critic.evaluate(final_obs)
             rewards += self.cfg.gamma * torch.where(time_outs, final_values, torch.zeros_like(final_values))
         elif bool(time_outs.any()):
             raise KeyError("truncated envs need info['final_obs'] to bootstrap their value")
         t = self._transition
         self.storage.add(**t, rewards=rewards, dones=out.terminated | out.truncated)
         # After the bootstrap so the critic saw the same normalization as at act time.
-        self.actor_critic.update_normalization(t["actor_obs"], t["critic_obs"])
+        self.actor_critic.update_normalization(t["obs"])
         self._transition = {}
 
     @torch.no_grad()
     def compute_returns(self, obs: Obs) -> None:
-        """Bootstrap the rollout with V(obs["critic"]) (N,) and fill returns and advantages."""
-        last_values = self.actor_critic.evaluate(obs["critic"])
+        """Bootstrap the rollout with V(obs) (N,) and fill returns and advantages."""
+        last_values = self.actor_critic.evaluate(obs)
         self.storage.compute_returns(last_values, self.cfg.gamma, self.cfg.lam)
 
     def _set_learning_rate(self, lr: float) -> None:
@@ -190,9 +231,9 @@ class PPO:
         sums = {"loss/value": 0.0, "loss/surrogate": 0.0, "loss/entropy": 0.0, "policy/kl": 0.0}
         num_updates = 0
         for batch in self.storage.mini_batch_generator(cfg.num_mini_batches, cfg.num_learning_epochs):
-            ac.update_distribution(batch.actor_obs)
+            ac.update_distribution(batch.obs)
             log_prob = ac.get_actions_log_prob(batch.actions)
-            values = ac.evaluate(batch.critic_obs)
+            values = ac.evaluate(batch.obs)
             entropy = ac.entropy.mean()
 
             with torch.no_grad():
@@ -228,33 +269,18 @@ class PPO:
         return stats
 
     def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer, current learning rate and iteration counter."""
+        """Optimizer, current learning rate and iteration counter (the policy is saved apart)."""
         return {
-            "model": self.actor_critic.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "learning_rate": self.learning_rate,
             "iteration": self.iteration,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore from ``state_dict()``; a checkpoint of a differently shaped policy raises ValueError."""
-        _check_model_matches(state_dict["model"], self.actor_critic.state_dict())
-        self.actor_critic.load_state_dict(state_dict["model"])
+        """Restore from ``state_dict()``; load the policy's weights first (they are kept apart)."""
+        missing = sorted({"optimizer", "learning_rate", "iteration"} - set(state_dict))
+        if missing:
+            raise ValueError(f"PPO state lacks {', '.join(missing)}")
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self._set_learning_rate(float(state_dict["learning_rate"]))
         self.iteration = int(state_dict["iteration"])
-
-
-def _check_model_matches(loaded: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    prefix = "checkpoint does not match this policy"
-    missing = [k for k in expected if k not in loaded]
-    unexpected = [k for k in loaded if k not in expected]
-    if missing:
-        raise ValueError(f"{prefix}: missing {', '.join(missing)}")
-    if unexpected:
-        raise ValueError(f"{prefix}: unexpected {', '.join(unexpected)}")
-    for name, tensor in expected.items():
-        if loaded[name].shape != tensor.shape:
-            raise ValueError(
-                f"{prefix}: {name} has shape {tuple(loaded[name].shape)}, expected {tuple(tensor.shape)}"
-            )

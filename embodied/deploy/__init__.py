@@ -1,7 +1,8 @@
-"""Robot-side deployment: read deploy.yaml + policy.onnx and drive a robot (no torch, no training code).
+"""Robot-side deployment: read deploy.yaml, observation.onnx and policy.onnx and drive a robot.
 
-`DeployRunner` (needs onnxruntime) and `MujocoRobot` (needs mujoco) load on first use, so a robot
-that only validates a manifest needs neither.
+No torch, no training code. `DeployRunner` and `ObservationBuilder` (need onnxruntime) and
+`MujocoRobot` (needs mujoco) load on first use, so a robot that only validates a manifest needs
+neither.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from embodied.deploy.manifest import DeployError, Manifest, ObsTerm, load_manifest
-from embodied.deploy.observations import ObservationBuilder
 from embodied.deploy.robot import RobotInterface, RobotReading
 
 _LAZY = {
     "DeployRunner": "embodied.deploy.runner",
+    "ObservationBuilder": "embodied.deploy.observations",
     "MujocoRobot": "embodied.deploy.mujoco_robot",
     "Perturbation": "embodied.deploy.mujoco_robot",
     "BaseState": "embodied.deploy.mujoco_robot",

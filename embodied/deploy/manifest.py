@@ -1,4 +1,4 @@
-"""`deploy.yaml` (schema v1, docs/deploy_schema.md): load, validate, and check the ONNX file's hash."""
+"""`deploy.yaml` (schema v2, docs/deploy_schema.md): load, validate, and check both ONNX files' hashes."""
 
 from __future__ import annotations
 
@@ -13,12 +13,21 @@ import yaml
 
 from embodied.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 JOINT_WIDE = "num_joints"
-# Observation terms a robot-side builder knows, with their raw width (JOINT_WIDE: one per joint).
-OBS_TERM_DIMS: dict[str, int | str] = dict.fromkeys(
-    ("base_lin_vel", "base_ang_vel", "projected_gravity", "velocity_commands"), 3
-) | dict.fromkeys(("joint_pos_rel", "joint_vel", "last_action"), JOINT_WIDE)
+# The robot signals observation.onnx may take as inputs, with their width (JOINT_WIDE: one per
+# joint, in policy joint order). The export side (embodied.export.observation_graph) maps each to
+# the training-state fields the observation terms read.
+SIGNALS: dict[str, int | str] = {
+    "base_lin_vel": 3,  # base frame, m/s, from a state estimator
+    "imu_gyro": 3,  # base angular velocity, base frame, rad/s
+    "imu_quat": 4,  # base orientation, w x y z
+    "command": 3,  # vx, vy, yaw rate
+    "joint_pos": JOINT_WIDE,  # rad
+    "joint_vel": JOINT_WIDE,  # rad/s
+    "last_action": JOINT_WIDE,  # the previous `actions` output of policy.onnx (zeros at start)
+}
+OBS_OUTPUT_PREFIX = "obs/"  # observation.onnx names the output of term <name> "obs/<name>"
 COMMAND_KEYS = ("lin_vel_x", "lin_vel_y", "ang_vel_yaw")
 
 
@@ -33,11 +42,11 @@ def one_line(text: object) -> str:
 
 @dataclass(frozen=True)
 class ObsTerm:
-    name: str
-    dim: int  # raw width of one sample
-    scale: float | tuple[float, ...]  # a scalar or one factor per element
-    clip: float | None  # None: no per-term clipping
-    history: int  # samples stacked oldest-first
+    name: str  # observation.onnx computes it as output "obs/<name>"
+    dim: int  # width of one sample
+    scale: float | tuple[float, ...]  # applied inside observation.onnx; listed for reference
+    clip: float | None  # applied inside observation.onnx; None: no per-term clipping
+    history: int  # samples stacked oldest-first (by the runner)
 
     @property
     def width(self) -> int:
@@ -54,6 +63,13 @@ class PolicySpec:
     input_dim: int
     joint_targets_dim: int
     actions_dim: int
+
+
+@dataclass(frozen=True)
+class ObservationGraphSpec:
+    onnx: str  # file name relative to deploy.yaml
+    onnx_sha256: str
+    inputs: dict[str, int]  # robot signal name (SIGNALS) -> width
 
 
 @dataclass(frozen=True)
@@ -85,16 +101,22 @@ class Manifest:
     schema_version: int
     task: str
     policy: PolicySpec
+    observation: ObservationGraphSpec
     joints: JointsSpec
     control: ControlSpec
     action: ActionSpec
     observations: tuple[ObsTerm, ...]
     commands: dict[str, tuple[float, float]]  # lin_vel_x, lin_vel_y, ang_vel_yaw -> (low, high)
     obs_clip: float | None
+    safety_filters: tuple[str, ...]  # the filters inside policy.onnx, for the record
 
     @property
     def onnx_path(self) -> Path:
         return self.path.parent / self.policy.onnx
+
+    @property
+    def observation_path(self) -> Path:
+        return self.path.parent / self.observation.onnx
 
     @property
     def num_joints(self) -> int:
@@ -183,7 +205,7 @@ def sha256_of(path: str | Path) -> str:
 
 
 def load_manifest(path: str | Path) -> Manifest:
-    """Read and validate a deploy.yaml (schema v1); raise DeployError with a one-line message."""
+    """Read and validate a deploy.yaml (schema v2); raise DeployError with a one-line message."""
     path = Path(path)
     r = _Reader(path)
     if not path.is_file():
@@ -211,19 +233,22 @@ def load_manifest(path: str | Path) -> Manifest:
         schema_version=version,
         task=r.text("task"),
         policy=_policy(r, n),
+        observation=_observation_graph(r, n),
         joints=joints,
         control=control,
         action=ActionSpec(offset=r.nums("action.offset", n), scale=r.nums("action.scale", n)),
         observations=_observations(r, n),
         commands={k: r.pair(f"commands.{k}") for k in COMMAND_KEYS},
         obs_clip=r.num("obs_clip", positive=True, nullable=True),
+        safety_filters=_names(r, "safety_filters"),
     )
     if m.obs_dim != m.policy.input_dim:
         widths = " + ".join(f"{t.name} {t.width}" for t in m.observations)
         raise r.fail(
             f"observation terms sum to {m.obs_dim} ({widths}) but policy.input.dim is {m.policy.input_dim}"
         )
-    _check_hash(r, m)
+    _check_hash(r, "policy.onnx", m.onnx_path, m.policy.onnx_sha256)
+    _check_hash(r, "observation.onnx", m.observation_path, m.observation.onnx_sha256)
     return m
 
 
@@ -264,20 +289,40 @@ def _policy(r: _Reader, n: int) -> PolicySpec:
     )
 
 
+def _observation_graph(r: _Reader, n: int) -> ObservationGraphSpec:
+    if r.get("observation", required=False) is None:
+        raise r.fail(
+            "missing required key 'observation' (observation.onnx computes the policy observation); "
+            "export the run with `embodied export`"
+        )
+    inputs = r.get("observation.inputs")
+    if not isinstance(inputs, dict) or not inputs:
+        raise r.fail(f"observation.inputs must be a mapping of robot signals to widths, got {inputs!r}")
+    for name in inputs:
+        if name not in SIGNALS:
+            raise r.fail(f"observation.inputs: unknown robot signal {name!r}; known: {', '.join(SIGNALS)}")
+        width = r.integer(f"observation.inputs.{name}")
+        want = n if SIGNALS[name] == JOINT_WIDE else SIGNALS[name]
+        if width != want:
+            raise r.fail(f"observation.inputs.{name} is {width}, expected {want}")
+    return ObservationGraphSpec(
+        onnx=r.text("observation.onnx"),
+        onnx_sha256=r.text("observation.onnx_sha256").lower(),
+        inputs={str(k): int(v) for k, v in inputs.items()},
+    )
+
+
 def _observations(r: _Reader, n: int) -> tuple[ObsTerm, ...]:
     terms = r.get("observations")
     if not isinstance(terms, list) or not terms:
         raise r.fail("observations must be a non-empty list of terms")
-    out = []
+    out: list[ObsTerm] = []
     for i in range(len(terms)):
         at = f"observations[{i}]"
         name = r.text(f"{at}.name")
-        if name not in OBS_TERM_DIMS:
-            raise r.fail(f"{at}: unknown observation term {name!r}; known: {', '.join(OBS_TERM_DIMS)}")
+        if any(t.name == name for t in out):
+            raise r.fail(f"{at}: observation term {name!r} appears twice")
         dim = r.integer(f"{at}.dim")
-        want = n if OBS_TERM_DIMS[name] == JOINT_WIDE else OBS_TERM_DIMS[name]
-        if dim != want:
-            raise r.fail(f"{at}: term {name!r} has dim {dim}, expected {want}")
         per_element = isinstance(r.get(f"{at}.scale"), list)
         scale = r.nums(f"{at}.scale", dim, what=f"{at}.dim") if per_element else r.num(f"{at}.scale")
         clip = r.num(f"{at}.clip", positive=True, nullable=True)
@@ -285,13 +330,22 @@ def _observations(r: _Reader, n: int) -> tuple[ObsTerm, ...]:
     return tuple(out)
 
 
-def _check_hash(r: _Reader, m: Manifest) -> None:
-    onnx = m.onnx_path
-    if not onnx.is_file():
-        raise r.fail(f"policy.onnx {str(onnx)!r} not found")
-    got = sha256_of(onnx)
-    if got != m.policy.onnx_sha256:
+def _names(r: _Reader, path: str) -> tuple[str, ...]:
+    v = r.get(path, required=False)
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise r.fail(f"{path} must be a list of names, got {v!r}")
+    return tuple(v)
+
+
+def _check_hash(r: _Reader, key: str, file: Path, expected: str) -> None:
+    """``key`` ("policy.onnx") names the deploy.yaml entry whose file and digest these are."""
+    if not file.is_file():
+        raise r.fail(f"{key} {str(file)!r} not found")
+    got = sha256_of(file)
+    if got != expected:
         raise DeployError(
-            f"policy.onnx hash {got} of {onnx} does not match deploy.yaml policy.onnx_sha256 "
-            f"{m.policy.onnx_sha256}: the policy file was replaced or corrupted; re-export it"
+            f"{key} hash {got} of {file} does not match deploy.yaml {key.split('.')[0]}.onnx_sha256 "
+            f"{expected}: the file was replaced or corrupted; re-export it"
         )

@@ -17,11 +17,18 @@ import mujoco
 import numpy as np
 
 from embodied.deploy.manifest import DeployError, one_line
-from embodied.deploy.observations import quat_rotate_inverse
 from embodied.deploy.robot import RobotReading
 
 NEAR_JOINT_LIMIT = 0.01  # rad
 NEAR_FORCE_LIMIT = 0.99  # fraction of forcerange
+
+
+def _to_base(quat: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """World vector v (3,) in the frame of the base orientation quat (4,) w x y z, by MuJoCo."""
+    inv, out = np.empty(4), np.empty(3)
+    mujoco.mju_negQuat(inv, quat)
+    mujoco.mju_rotVecQuat(out, np.asarray(v, dtype=np.float64), inv)
+    return out
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,7 @@ class MujocoRobot:
             joint_vel=d.qvel[self._dadr] + self._rng.normal(0.0, p.joint_vel_noise_std, j),
             imu_quat=quat,
             imu_gyro=d.qvel[self._fd + 3 : self._fd + 6] + self._rng.normal(0.0, p.gyro_noise_std, 3),
-            base_lin_vel=quat_rotate_inverse(quat, d.qvel[self._fd : self._fd + 3]),
+            base_lin_vel=_to_base(quat, d.qvel[self._fd : self._fd + 3]),
         )
 
     def write_targets(self, q_des: np.ndarray, kp: np.ndarray, kd: np.ndarray) -> None:
@@ -229,7 +236,7 @@ class MujocoRobot:
             pos=d.qpos[self._fq : self._fq + 3].copy(),
             quat=quat,
             lin_vel_world=lin,
-            lin_vel_base=quat_rotate_inverse(quat, lin),
+            lin_vel_base=_to_base(quat, lin),
             ang_vel_base=d.qvel[self._fd + 3 : self._fd + 6].copy(),
         )
 

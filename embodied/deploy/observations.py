@@ -1,63 +1,30 @@
-"""The policy's observation vector, built on the robot from sensor readings (numpy only).
+"""The policy's observation vector on the robot: robot signals -> observation.onnx -> history -> clip.
 
-Term semantics follow docs/deploy_schema.md: each term is clip(scale * raw, -clip, clip), terms with
-history > 1 stack their last `history` values oldest-first, and the concatenation is clipped to
-+-obs_clip. Right after `reset()` a history is filled with the first value it sees, so the first
-observation holds no zeros that training never showed the policy.
+The terms themselves (what each one computes, its scale and clip) live in ``observation.onnx``,
+exported from the very torch term functions training uses (embodied/export/observation_graph.py);
+nothing here re-implements one. What stays in numpy is what is not a term: checking the readings,
+stacking each term's last `history` values oldest-first, and clipping the concatenation to
++-obs_clip (docs/deploy_schema.md). Right after `reset()` a history is filled with the first value it
+sees, so the first observation holds no zeros that training never showed the policy.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
-from embodied.deploy.manifest import OBS_TERM_DIMS, DeployError, Manifest
+from embodied.deploy.manifest import JOINT_WIDE, OBS_OUTPUT_PREFIX, SIGNALS, DeployError, Manifest
 from embodied.deploy.robot import RobotReading
+from embodied.deploy.session import load_session
 
-GRAVITY_DIR = np.array([0.0, 0.0, -1.0])
-
-
-def quat_rotate_inverse(q: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Rotate a world-frame vector v (3,) into the frame of quaternion q (4,) (w, x, y, z)."""
-    q = np.asarray(q, dtype=np.float64)
-    q = q / np.linalg.norm(q)
-    w, xyz = q[0], q[1:]
-    t = 2.0 * np.cross(xyz, v)
-    return v - w * t + np.cross(xyz, t)
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    """Everything a raw term may read, already in policy joint order."""
-
-    reading: RobotReading
-    command: np.ndarray  # (3,)
-    last_action: np.ndarray  # (A,)
-    default_pos: np.ndarray  # (A,)
-
-
-def _base_lin_vel(x: _Inputs) -> np.ndarray:
-    if x.reading.base_lin_vel is None:
-        raise DeployError(
-            "observation term 'base_lin_vel' needs the base linear velocity from a state estimator, "
-            "but the robot's reading has base_lin_vel=None"
-        )
-    return x.reading.base_lin_vel
-
-
-RAW_TERMS: dict[str, Callable[[_Inputs], np.ndarray]] = {
-    "base_lin_vel": _base_lin_vel,  # 3, base frame
-    "base_ang_vel": lambda x: x.reading.imu_gyro,  # 3, base frame
-    "projected_gravity": lambda x: quat_rotate_inverse(x.reading.imu_quat, GRAVITY_DIR),  # 3
-    "velocity_commands": lambda x: x.command,  # 3: vx, vy, yaw rate
-    "joint_pos_rel": lambda x: x.reading.joint_pos - x.default_pos,  # A
-    "joint_vel": lambda x: x.reading.joint_vel,  # A
-    "last_action": lambda x: x.last_action,  # A
-}
-assert set(RAW_TERMS) == set(OBS_TERM_DIMS), "every term the manifest accepts needs a builder"
+# Training reads MuJoCo's quaternions, which are unit to float precision, and observation.onnx
+# rotates gravity by the quaternion as given: a norm k gives (1 - k^2) g + k^2 R(q/k)^T g, off the
+# unit-quaternion value by at most 2 |k^2 - 1|. A reading further than this from unit norm is
+# refused rather than silently rescaled: it means a broken IMU driver or transport, not sensor
+# noise. 5e-3 bounds the projected-gravity error at about 0.02.
+QUAT_NORM_TOL = 5e-3
 
 
 def _vector(v: object, n: int, what: str) -> np.ndarray:
@@ -70,43 +37,107 @@ def _vector(v: object, n: int, what: str) -> np.ndarray:
 
 
 class ObservationBuilder:
-    """Builds the (D,) float32 observation the manifest describes; keeps per-term histories."""
+    """Builds the (D,) float32 observation the manifest describes by running observation.onnx.
 
-    def __init__(self, manifest: Manifest):
+    Keeps per-term histories; the graph's inputs and outputs are checked against deploy.yaml at load.
+    """
+
+    def __init__(self, manifest: Manifest, *, providers: Sequence[str] = ("CPUExecutionProvider",)):
+        self.manifest = manifest
         self.terms = manifest.observations
         self.dim = manifest.obs_dim
         self.num_joints = manifest.num_joints
         self.obs_clip = manifest.obs_clip
-        self.default_pos = np.asarray(manifest.joints.default_positions, dtype=np.float64)
+        self.session = load_session(manifest.observation_path, providers)
+        self.inputs = self._check_graph()
+        self.outputs = [OBS_OUTPUT_PREFIX + t.name for t in self.terms]
         self._history: list[deque[np.ndarray]] = [deque(maxlen=t.history) for t in self.terms]
+
+    def _check_graph(self) -> dict[str, int]:
+        """{input name: width} of observation.onnx, after checking it against deploy.yaml."""
+        m, path = self.manifest, self.manifest.observation_path
+        inputs = {}
+        for i in self.session.get_inputs():
+            if i.name not in SIGNALS:
+                raise DeployError(f"{path}: input {i.name!r} is not a robot signal ({', '.join(SIGNALS)})")
+            want = self.num_joints if SIGNALS[i.name] == JOINT_WIDE else SIGNALS[i.name]
+            if i.type != "tensor(float)" or len(i.shape) != 2 or i.shape[1] != want:
+                raise DeployError(
+                    f"{path}: input {i.name!r} is {i.type} {list(i.shape)}; expected tensor(float) "
+                    f"[batch, {want}]"
+                )
+            inputs[i.name] = want
+        if inputs != m.observation.inputs:
+            raise DeployError(
+                f"{path}: graph inputs {inputs} differ from deploy.yaml observation.inputs "
+                f"{m.observation.inputs}"
+            )
+        outputs = {o.name: list(o.shape) for o in self.session.get_outputs()}
+        for t in self.terms:
+            name = OBS_OUTPUT_PREFIX + t.name
+            if name not in outputs:
+                raise DeployError(
+                    f"{path}: no output {name!r} for term {t.name!r} (outputs: {sorted(outputs)})"
+                )
+            shape = outputs[name]
+            if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != t.dim):
+                raise DeployError(f"{path}: output {name!r} has shape {shape}; deploy.yaml says dim {t.dim}")
+        return inputs
 
     def reset(self) -> None:
         """Forget all histories (call at episode start)."""
         for h in self._history:
             h.clear()
 
+    def signals(
+        self, reading: RobotReading, command: np.ndarray, last_action: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The graph's inputs, each (1, width) float32, from a checked reading in policy joint order."""
+        j = self.num_joints
+        values = {
+            "joint_pos": lambda: _vector(reading.joint_pos, j, "reading.joint_pos"),
+            "joint_vel": lambda: _vector(reading.joint_vel, j, "reading.joint_vel"),
+            "imu_quat": lambda: self._quat(reading.imu_quat),
+            "imu_gyro": lambda: _vector(reading.imu_gyro, 3, "reading.imu_gyro"),
+            "base_lin_vel": lambda: self._lin_vel(reading.base_lin_vel),
+            "command": lambda: _vector(command, 3, "command"),
+            "last_action": lambda: _vector(last_action, j, "last_action"),
+        }
+        return {name: values[name]().astype(np.float32)[None] for name in self.inputs}
+
+    @staticmethod
+    def _quat(q: object) -> np.ndarray:
+        q = _vector(q, 4, "reading.imu_quat")
+        norm = float(np.linalg.norm(q))
+        if abs(norm - 1.0) > QUAT_NORM_TOL:
+            raise DeployError(
+                f"reading.imu_quat {q.tolist()} has norm {norm:.4g}; expected a unit quaternion (w, x, y, z) "
+                f"within {QUAT_NORM_TOL:g}"
+            )
+        return q
+
+    @staticmethod
+    def _lin_vel(v: object) -> np.ndarray:
+        if v is None:
+            raise DeployError(
+                "the policy observation needs base_lin_vel from a state estimator, "
+                "but the robot's reading has base_lin_vel=None"
+            )
+        return _vector(v, 3, "reading.base_lin_vel")
+
+    def terms_of(self, signals: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Each term (B, dim), scaled and clipped by observation.onnx, in deploy.yaml order, for
+        float32 signals {input: (B, width)}."""
+        return self.session.run(self.outputs, {k: signals[k] for k in self.inputs})
+
     def build(self, reading: RobotReading, command: np.ndarray, last_action: np.ndarray) -> np.ndarray:
         """Observation (D,) float32 from a reading in policy joint order, command (3,), last action (A,)."""
-        j = self.num_joints
-        checked = RobotReading(
-            joint_pos=_vector(reading.joint_pos, j, "reading.joint_pos"),
-            joint_vel=_vector(reading.joint_vel, j, "reading.joint_vel"),
-            imu_quat=_vector(reading.imu_quat, 4, "reading.imu_quat"),
-            imu_gyro=_vector(reading.imu_gyro, 3, "reading.imu_gyro"),
-            base_lin_vel=None
-            if reading.base_lin_vel is None
-            else _vector(reading.base_lin_vel, 3, "reading.base_lin_vel"),
-        )
-        if np.linalg.norm(checked.imu_quat) < 1e-6:
-            raise DeployError("reading.imu_quat is zero; expected a unit quaternion (w, x, y, z)")
-        x = _Inputs(
-            checked, _vector(command, 3, "command"), _vector(last_action, j, "last_action"), self.default_pos
-        )
+        values = [v[0] for v in self.terms_of(self.signals(reading, command, last_action))]
+        bad = [t.name for t, v in zip(self.terms, values, strict=True) if not np.all(np.isfinite(v))]
+        if bad:  # checked before any history takes the value in
+            raise DeployError(f"observation terms {bad} are not finite for this reading")
         parts = []
-        for term, hist in zip(self.terms, self._history, strict=True):
-            value = np.asarray(term.scale) * RAW_TERMS[term.name](x)
-            if term.clip is not None:
-                value = np.clip(value, -term.clip, term.clip)
+        for value, hist, term in zip(values, self._history, self.terms, strict=True):
             if not hist:
                 hist.extend([value] * term.history)
             else:

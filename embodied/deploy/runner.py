@@ -1,4 +1,4 @@
-"""Run an exported policy on a robot: read -> observation -> ONNX policy -> PD targets.
+"""Run an exported policy on a robot: read -> observation.onnx -> policy.onnx -> PD targets.
 
 Needs only numpy, pyyaml and onnxruntime (no torch, no training code). The caller owns the clock:
 
@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from embodied.deploy.manifest import DeployError, Manifest, load_manifest, one_line
+from embodied.deploy.manifest import DeployError, Manifest, load_manifest
 from embodied.deploy.observations import ObservationBuilder
 from embodied.deploy.robot import RobotInterface, RobotReading
+from embodied.deploy.session import load_session
 
 OUTPUTS = ("joint_targets", "actions")
 
@@ -58,17 +58,9 @@ class DeployRunner:
         self.perm = joint_permutation(robot.joint_names, m.joints.names)
         self.kp = self._to_robot(np.asarray(m.joints.kp, dtype=np.float64))  # robot joint order
         self.kd = self._to_robot(np.asarray(m.joints.kd, dtype=np.float64))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # the robot's control loop shares few cores
-        opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(
-                str(m.onnx_path), sess_options=opts, providers=list(providers)
-            )
-        except Exception as e:  # onnxruntime raises its own exception types for bad files/providers
-            raise DeployError(one_line(f"cannot load {m.onnx_path} with onnxruntime: {e}")) from None
+        self.session = load_session(m.onnx_path, providers)
         self._check_graph()
-        self.obs_builder = ObservationBuilder(m)
+        self.obs_builder = ObservationBuilder(m, providers=providers)
         self.last_action = np.zeros(m.num_joints, dtype=np.float32)
         self.last_obs: np.ndarray | None = None  # (D,) the observation the last step() fed the policy
 

@@ -1,32 +1,56 @@
-"""Export: one self-describing policy file (ONNX + TorchScript twin) and its deploy.yaml."""
+"""Export: the policy (ONNX + TorchScript twin), its observation graph (ONNX) and their deploy.yaml."""
 
 from embodied.export.graph import ExportedPolicy, ExportError
+from embodied.export.observation_graph import (
+    ObservationGraph,
+    SignalRecord,
+    SignalState,
+    random_signals,
+    record_signals,
+)
 from embodied.export.onnx import (
+    FILES,
     OPSET,
     PARITY_TOL,
+    ObservationExport,
+    check_observation_parity,
     check_parity,
     deploy_manifest,
+    export_from_env,
     export_policy,
     export_run,
+    observation_runner,
     onnx_runner,
     record_observations,
     sha256,
     torch_runner,
     torchscript_runner,
+    write_observation_onnx,
 )
 
 __all__ = [
+    "FILES",
     "OPSET",
     "PARITY_TOL",
     "ExportError",
     "ExportedPolicy",
+    "ObservationExport",
+    "ObservationGraph",
+    "SignalRecord",
+    "SignalState",
+    "check_observation_parity",
     "check_parity",
     "deploy_manifest",
+    "export_from_env",
     "export_policy",
     "export_run",
+    "observation_runner",
     "onnx_runner",
+    "random_signals",
     "record_observations",
+    "record_signals",
     "sha256",
     "torch_runner",
     "torchscript_runner",
+    "write_observation_onnx",
 ]

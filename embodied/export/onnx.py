@@ -1,9 +1,11 @@
-"""Export a run's policy as policy.onnx + policy.ts + deploy.yaml, checked against torch before they land.
+"""Export a run: policy.onnx + policy.ts + observation.onnx + deploy.yaml, each checked before it lands.
 
-The deploy.yaml text is embedded in the ONNX file (``metadata_props["deploy_yaml"]``) and in the
-TorchScript file (extra file ``deploy.yaml``). The embedded copies carry ``onnx_sha256: null``: a
-file cannot contain its own hash. Only the ``deploy.yaml`` on disk holds the digest of the final
-``policy.onnx`` (taken after the metadata was embedded).
+observation.onnx computes the policy's observation terms from robot signals (observation_graph.py);
+it is written and checked first, so the deploy.yaml text embedded in the policy files already holds
+its sha256. The deploy.yaml text is embedded in the ONNX file (``metadata_props["deploy_yaml"]``) and
+in the TorchScript file (extra file ``deploy.yaml``). The embedded copies carry
+``policy.onnx_sha256: null``: a file cannot contain its own hash. Only the ``deploy.yaml`` on disk
+holds the digest of the final ``policy.onnx`` (taken after the metadata was embedded).
 
 The ONNX graph comes from torch's TorchScript-based exporter (``dynamo=False``): the torch.export
 one needs the onnxscript package. Both it and ``torch.jit`` warn that they are deprecated; those
@@ -20,6 +22,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +34,28 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from embodied.export.graph import ExportedPolicy, ExportError
+from embodied.export.observation_graph import (
+    OUTPUT_PREFIX,
+    ObservationGraph,
+    random_signals,
+    record_signals,
+)
 from embodied.task_env import OBS_CLIP
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PARITY_TOL = 1e-5
-FILES = {"onnx": "policy.onnx", "torchscript": "policy.ts", "deploy": "deploy.yaml"}
+FILES = {
+    "onnx": "policy.onnx",
+    "torchscript": "policy.ts",
+    "observation": "observation.onnx",
+    "deploy": "deploy.yaml",
+}
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # obs (B, D) -> (targets, actions)
+Signals = Mapping[str, torch.Tensor]  # {robot signal: (B, width)}
+ObsRunner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]  # signals -> {term: (B, dim)}
 
 
 @contextmanager
@@ -64,10 +80,16 @@ def _f64(values: Any) -> list[float]:
 
 
 def deploy_manifest(task_cfg: Mapping[str, Any], env: Any, policy: ExportedPolicy) -> dict[str, Any]:
-    """The deploy.yaml content (schema v1, docs/deploy_schema.md) for ``policy`` on ``env``'s robot."""
+    """The deploy.yaml content (schema v2, docs/deploy_schema.md) for ``policy`` on ``env``'s robot.
+
+    The ``observation`` section is added by ``export_policy``, which writes that file.
+    """
     if isinstance(task_cfg, DictConfig):
         task_cfg = OmegaConf.to_container(task_cfg, resolve=True)
     info, backend = env.backend.info, env.backend
+    spec = env.obs_spec["policy"]
+    if spec.kind != "vector" or spec.dim != policy.obs_dim:
+        raise ExportError(f"the policy takes {policy.obs_dim} floats, the env's policy group is {spec}")
     observations = [{**term, "history": 1} for term in env.obs_layout("policy")]
     width = sum(t["dim"] * t["history"] for t in observations)
     if width != policy.obs_dim:
@@ -88,7 +110,7 @@ def deploy_manifest(task_cfg: Mapping[str, Any], env: Any, policy: ExportedPolic
             "onnx": FILES["onnx"],
             "onnx_sha256": None,
             "torchscript": FILES["torchscript"],
-            "input": {"name": "obs", "dim": policy.obs_dim},
+            "input": {"name": "obs", "group": "policy", "dtype": "float32", "dim": policy.obs_dim},
             "outputs": {"joint_targets": {"dim": policy.action_dim}, "actions": {"dim": policy.action_dim}},
         },
         "joints": {
@@ -106,6 +128,7 @@ def deploy_manifest(task_cfg: Mapping[str, Any], env: Any, policy: ExportedPolic
         },
         "action": {"offset": _f32(policy.offset), "scale": _f32(policy.scale)},
         "observations": observations,
+        "safety_filters": list(policy.filters.names),
         "commands": commands,
         "obs_clip": float(OBS_CLIP),
     }
@@ -200,6 +223,101 @@ def _write_torchscript(policy: ExportedPolicy, path: Path, embedded_yaml: str) -
         torch.jit.save(scripted, str(path), _extra_files={FILES["deploy"]: embedded_yaml})
 
 
+@dataclass
+class ObservationExport:
+    """The observation graph to write as observation.onnx and the sets it is checked on.
+
+    checks: {set name: (signals {input: (B, width)}, expected {term: (B, dim)} or None)}; None
+    compares against the torch graph itself (e.g. on random inputs).
+    """
+
+    graph: ObservationGraph
+    checks: Mapping[str, tuple[Signals, Mapping[str, torch.Tensor] | None]]
+
+
+def write_observation_onnx(graph: ObservationGraph, path: Path, layout_yaml: str = "") -> None:
+    """``graph`` as an ONNX file: one input per robot signal, one output "obs/<term>" per term.
+
+    ``layout_yaml`` (the observation terms as deploy.yaml lists them) goes into
+    ``metadata_props["observations"]``.
+    """
+    example = tuple(torch.zeros(1, graph.widths[k]) for k in graph.inputs)
+    with _quiet_deprecations():
+        torch.onnx.export(
+            graph,
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(graph.inputs),
+            output_names=list(graph.outputs),
+            dynamic_axes={k: {0: "batch"} for k in (*graph.inputs, *graph.outputs)},
+        )
+    model = onnx.load(str(path))
+    if layout_yaml:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "observations", layout_yaml
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def observation_runner(path: Path) -> ObsRunner:
+    """A single-threaded onnxruntime session of an observation.onnx: signals -> {term: (B, dim)}."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in sess.get_inputs()]
+    outputs = [o.name for o in sess.get_outputs()]
+    prefix = len(OUTPUT_PREFIX)
+
+    def run(signals: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = sess.run(outputs, {k: signals[k] for k in inputs})
+        return {name[prefix:]: v for name, v in zip(outputs, values, strict=True)}
+
+    return run
+
+
+def check_observation_parity(
+    graph: ObservationGraph,
+    runners: Mapping[str, ObsRunner],
+    checks: Mapping[str, tuple[Signals, Mapping[str, torch.Tensor] | None]],
+    tol: float = PARITY_TOL,
+) -> dict[str, float]:
+    """Max |runner - expected| over all terms, per "<runner>/<set>"; ExportError above ``tol``.
+
+    ``expected`` None means the torch graph's own output; the torch graph is checked too, as
+    runner "torch", wherever an expectation is given.
+    """
+    diffs: dict[str, float] = {}
+    worst: dict[str, str] = {}
+    for set_name, (signals, expected) in checks.items():
+        torch_out = graph.run(signals)
+        ref = {k: v.detach().cpu().numpy() for k, v in (expected or torch_out).items()}
+        x = {k: np.ascontiguousarray(v.detach().cpu().numpy(), dtype=np.float32) for k, v in signals.items()}
+        all_runners: dict[str, ObsRunner] = dict(runners)
+        if expected is not None:
+            all_runners["torch"] = lambda _x, out=torch_out: {k: v.numpy() for k, v in out.items()}
+        for name, run in all_runners.items():
+            got = run(x)
+            if set(got) != set(ref):
+                raise ExportError(f"{name} gives observation terms {sorted(got)}, torch {sorted(ref)}")
+            per_term = {}
+            for term, e in ref.items():
+                if np.shape(got[term]) != np.shape(e):
+                    raise ExportError(
+                        f"{name} gives term {term!r} shape {np.shape(got[term])}, torch {np.shape(e)}"
+                    )
+                per_term[term] = float(np.abs(got[term] - e).max())
+            key = f"{name}/{set_name}"
+            diffs[key] = max(per_term.values())
+            worst[key] = max(per_term, key=per_term.__getitem__)
+    bad = {k: v for k, v in diffs.items() if not v <= tol}
+    if bad:
+        text = ", ".join(f"{k} {v:.3g} (term {worst[k]!r})" for k, v in bad.items())
+        raise ExportError(f"exported observation graph disagrees with the torch terms beyond {tol:g}: {text}")
+    return diffs
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -219,13 +337,18 @@ def export_policy(
     manifest: Mapping[str, Any],
     check_obs: Mapping[str, torch.Tensor],
     tol: float = PARITY_TOL,
+    *,
+    observation: ObservationExport | None = None,
 ) -> dict[str, float]:
-    """Write policy.onnx, policy.ts and deploy.yaml into ``out_dir``; returns the parity diffs.
+    """Write policy.onnx, policy.ts, observation.onnx and deploy.yaml into ``out_dir``; returns the diffs.
 
     Everything is written and checked in a staging folder beside ``out_dir`` first; only if ONNX
     Runtime and TorchScript agree with ``policy`` within ``tol`` on every set in ``check_obs``
-    ((B, D) each) are the files moved in, each by an atomic rename, deploy.yaml last. A refused
-    export (ExportError) leaves ``out_dir`` as it was.
+    ((B, D) each), and observation.onnx with the torch terms on every set of ``observation.checks``,
+    are the files moved in, each by an atomic rename, deploy.yaml last. A refused export
+    (ExportError) leaves ``out_dir`` as it was. Without ``observation`` no observation.onnx is
+    written and deploy.yaml has no ``observation`` section: such a folder is for benchmarks, the
+    deploy runner refuses it.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -233,16 +356,25 @@ def export_policy(
     try:
         manifest = dict(manifest)
         manifest["policy"] = {**manifest["policy"], "onnx_sha256": None}
+        diffs: dict[str, float] = {}
+        keys = ["torchscript", "onnx", "deploy"]
+        if observation is not None:
+            section, obs_diffs = _stage_observation(observation, stage, manifest, tol)
+            diffs |= {f"observation/{k}": v for k, v in obs_diffs.items()}
+            keys.insert(1, "observation")
+            items = list(manifest.items())
+            at = [k for k, _ in items].index("policy") + 1  # the schema's order: right after policy
+            manifest = dict([*items[:at], ("observation", section), *items[at:]])
         embedded = dump_yaml(manifest)
         onnx_path, ts_path = stage / FILES["onnx"], stage / FILES["torchscript"]
         _write_onnx(policy, onnx_path, embedded)
         _write_torchscript(policy, ts_path, embedded)
         runners = {"onnxruntime": onnx_runner(onnx_path), "torchscript": torchscript_runner(ts_path)}
-        diffs = check_parity(policy, runners, check_obs, tol)
+        diffs = check_parity(policy, runners, check_obs, tol) | diffs
         manifest["policy"]["onnx_sha256"] = sha256(onnx_path)
         (stage / FILES["deploy"]).write_text(dump_yaml(manifest), encoding="utf-8")
         out_dir.mkdir(exist_ok=True)
-        for key in ("torchscript", "onnx", "deploy"):  # deploy.yaml last: its hash names the new onnx
+        for key in keys:  # deploy.yaml last: its hashes name the new files
             _fsync(stage / FILES[key])
             os.replace(stage / FILES[key], out_dir / FILES[key])
         _fsync(out_dir)
@@ -251,21 +383,79 @@ def export_policy(
     return diffs
 
 
+def _stage_observation(
+    observation: ObservationExport, stage: Path, manifest: Mapping[str, Any], tol: float
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Write and check observation.onnx in ``stage``; returns its deploy.yaml section and the diffs."""
+    graph = observation.graph
+    terms = [str(t["name"]) for t in manifest.get("observations", [])]
+    if terms != graph.names:
+        raise ExportError(f"the observation graph computes terms {graph.names}, deploy.yaml lists {terms}")
+    path = stage / FILES["observation"]
+    write_observation_onnx(graph, path, dump_yaml({"observations": manifest["observations"]}))
+    diffs = check_observation_parity(
+        graph, {"onnxruntime": observation_runner(path)}, observation.checks, tol
+    )
+    section = {
+        "onnx": FILES["observation"],
+        "onnx_sha256": sha256(path),
+        "inputs": {k: graph.widths[k] for k in graph.inputs},
+    }
+    return section, diffs
+
+
 @torch.no_grad()
 def record_observations(env: Any, policy: torch.nn.Module, steps: int = 50, seed: int = 0) -> torch.Tensor:
-    """obs["policy"] of ``steps`` steps of ``env`` driven by ``policy``'s mean action: (steps * N, D)."""
+    """obs["policy"] of ``steps`` steps of ``env`` driven by ``policy(obs)``'s mean action: (steps * N, D)."""
     obs, seen = env.reset(seed=seed), []
     for _ in range(steps):
         seen.append(obs["policy"].cpu())
-        obs = env.step(policy(obs["policy"])).obs
+        obs = env.step(policy(obs)).obs
     return torch.cat(seen)
+
+
+def export_from_env(
+    env: Any,
+    policy: torch.nn.Module,
+    task_cfg: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    steps: int = 50,
+    seed: int = 0,
+    tol: float = PARITY_TOL,
+) -> dict[str, float]:
+    """Export a trained ``policy`` (``actor_module()``, ``policy(obs)``) of ``env`` to ``out_dir``.
+
+    The policy graph is checked on 256 random observations and on ``steps`` steps of ``env``
+    driven by the policy; the observation graph on the robot signals of those same steps (against
+    the training terms on the training state) and on 256 random signal sets (against the torch
+    graph). A disagreement beyond ``tol``, or a policy observation the graph cannot build from
+    robot signals, raises ExportError before anything is written.
+    """
+    offset, scale = env.action_affine()
+    exported = ExportedPolicy.from_policy(policy, offset, scale, env.filters)
+    if isinstance(task_cfg, DictConfig):
+        task_cfg = OmegaConf.to_container(task_cfg, resolve=True)
+    manifest = deploy_manifest(task_cfg, env, exported)
+    graph = ObservationGraph.from_env(env)
+    rec = record_signals(env, policy, graph, steps=steps, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    random_obs = torch.randn(256, exported.obs_dim, generator=gen)
+    checks = {"recorded": (rec.signals, rec.terms), "random": (random_signals(graph, 256, seed), None)}
+    return export_policy(
+        exported,
+        out_dir,
+        manifest,
+        {"random": random_obs, "recorded": rec.obs},
+        tol,
+        observation=ObservationExport(graph, checks),
+    )
 
 
 def export_run(run_dir: Path, checkpoint: Path | None = None) -> Path:
     """Export a run's (latest or given) checkpoint to ``<run>/exported/``; returns that folder.
 
-    The files are checked on 256 random observations and on 50 steps x 4 envs of observations the
-    policy meets in its own task; a disagreement beyond 1e-5 raises ExportError.
+    See ``export_from_env`` for the checks (50 steps x 4 envs of the run's own task).
     """
     from embodied.workflow import build_env, load_policy, load_run
 
@@ -273,16 +463,8 @@ def export_run(run_dir: Path, checkpoint: Path | None = None) -> Path:
     env = build_env(cfg, num_envs=4)
     try:
         ac, _ = load_policy(run_dir, cfg, env, str(checkpoint) if checkpoint else None)
-        offset, scale = env.action_affine()
-        policy = ExportedPolicy.from_actor_critic(ac, offset, scale)
-        manifest = deploy_manifest(OmegaConf.to_container(cfg.task, resolve=True), env, policy)
-        recorded = record_observations(env, ac)
+        diffs = export_from_env(env, ac, cfg.task, run_dir / "exported")
     finally:
         env.close()
-    gen = torch.Generator().manual_seed(0)
-    random_obs = torch.randn(256, policy.obs_dim, generator=gen)
-    diffs = export_policy(
-        policy, run_dir / "exported", manifest, {"random": random_obs, "recorded": recorded}
-    )
     log.info("exported %s (max |diff| vs torch: %s)", run_dir / "exported", diffs)
     return run_dir / "exported"

@@ -68,6 +68,7 @@ class DriveState:
     route: torch.Tensor  # (N, P, 2) route polyline (continues past the scored route to the road's end)
     route_cum: torch.Tensor  # (N, P) arc length at each route point
     route_arc: torch.Tensor  # (N,) arc length of the car's projection on the route
+    route_segment: torch.Tensor  # (N,) long: the route segment that projection lies on
     lane_offset: torch.Tensor  # (N,) signed distance from the route (lane centre), left positive
     heading_error: torch.Tensor  # (N,) car yaw - route heading, wrapped
     road_offset: torch.Tensor  # (N,) signed distance from the road's centre line
@@ -280,19 +281,18 @@ class DrivingEnv(DrivingModel, TaskEnv):
             "throttle through an electronic differential"
         )
 
-    def _compute_state(self, action: torch.Tensor) -> DriveState:
+    def _read_state(self, action: torch.Tensor) -> DriveState:
         sim = self.backend.state()
         qpos, qvel = sim.qpos, sim.qvel
         pos, quat = qpos[:, 0:3], qpos[:, 3:7]
         w, x, y, z = quat.unbind(-1)
         yaw = torch.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
         xy = pos[:, :2]
-        arc, lateral, heading = self._project(xy)
+        arc, lateral, heading, seg = self._project(xy)
         road_offset = lateral + self.lane_center
         off_road = road_offset.abs() > self.road_half_width + self.off_road_margin
         progress = (arc - self.best_arc).clamp(min=0.0) / self.route_length
-        self.best_arc = torch.maximum(self.best_arc, arc)
-        completion = (self.best_arc / self.route_length).clamp(0.0, 1.0)
+        completion = (torch.maximum(self.best_arc, arc) / self.route_length).clamp(0.0, 1.0)
 
         box_yaw = qpos.index_select(1, self._yaw_cols)
         box_center = self.box_home + qpos.index_select(1, self._xy_cols).view(self.num_envs, -1, 2)
@@ -306,8 +306,6 @@ class DrivingEnv(DrivingModel, TaskEnv):
         for key in ("obstacle_contact", "traffic_contact"):
             if key in cols:
                 collision |= (data.index_select(1, cols[key]) > 0).any(-1)
-        self.collided |= collision
-        self.infraction |= collision | off_road
         st = DriveState(
             num_envs=self.num_envs,
             dt=self.dt,
@@ -323,6 +321,7 @@ class DrivingEnv(DrivingModel, TaskEnv):
             route=self.route,
             route_cum=self.route_cum,
             route_arc=arc,
+            route_segment=seg,
             lane_offset=lateral,
             heading_error=wrap_angle(yaw - heading),
             road_offset=road_offset,
@@ -337,8 +336,14 @@ class DrivingEnv(DrivingModel, TaskEnv):
             box_yaw=box_yaw + self.box_yaw0,
             box_half=self.box_half,
         )
-        self.last_action = action
         return st
+
+    def _advance(self, s: DriveState) -> None:
+        self._seg = s.route_segment
+        self.best_arc = torch.maximum(self.best_arc, s.route_arc)
+        self.collided = self.collided | s.collision
+        self.infraction = self.infraction | s.collision | s.off_road
+        self.last_action = s.action
 
     def _reset_state(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, dev = self.num_envs, self.device
@@ -473,8 +478,9 @@ class DrivingEnv(DrivingModel, TaskEnv):
         qvel[:, dof[:, 0]] = speed * torch.cos(yaw)
         qvel[:, dof[:, 1]] = speed * torch.sin(yaw)
 
-    def _project(self, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project car positions (N, 2) on the route near the last segment -> arc, lateral, heading."""
+    def _project(self, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project car positions (N, 2) on the route near the last segment -> arc, lateral, heading,
+        segment index (side-effect free: ``_advance`` keeps the segment)."""
         last = self.route.shape[1] - 2
         cand = (self._seg[:, None] - 1 + torch.arange(4, device=self.device)).clamp(0, last)  # (N, 4)
         i2 = cand[..., None].expand(-1, -1, 2)
@@ -485,13 +491,13 @@ class DrivingEnv(DrivingModel, TaskEnv):
         t = torch.where(cand == last, t.clamp(min=0.0), t.clamp(0.0, 1.0))  # the last segment runs on
         dist = (ap - t[..., None] * ab).norm(dim=-1)
         best = dist.argmin(-1, keepdim=True)  # (N, 1)
-        self._seg = cand.gather(1, best)[:, 0]
+        seg = cand.gather(1, best)[:, 0]
         best2 = best[..., None].expand(-1, -1, 2)
         ab, ap = ab.gather(1, best2)[:, 0], ap.gather(1, best2)[:, 0]
         length, t = length.gather(1, best)[:, 0], t.gather(1, best)[:, 0]
-        arc = self.route_cum.gather(1, self._seg[:, None])[:, 0] + t * length
+        arc = self.route_cum.gather(1, seg[:, None])[:, 0] + t * length
         lateral = (ab[:, 0] * ap[:, 1] - ab[:, 1] * ap[:, 0]) / length
-        return arc, lateral, torch.atan2(ab[:, 1], ab[:, 0])
+        return arc, lateral, torch.atan2(ab[:, 1], ab[:, 0]), seg
 
     def _lane_pose(
         self, vertices: torch.Tensor, normals: torch.Tensor, sigma: torch.Tensor, offset: torch.Tensor

@@ -109,7 +109,7 @@ class LocomotionEnv(TaskEnv):
     def action_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._affine
 
-    def _compute_state(self, action: torch.Tensor) -> LocoState:
+    def _read_state(self, action: torch.Tensor) -> LocoState:
         sim = self.backend.state()
         qpos, qvel = sim.qpos, sim.qvel
         quat = qpos[:, 3:7]
@@ -144,16 +144,19 @@ class LocomotionEnv(TaskEnv):
             contact = data[:, cols["foot_contact"]] > 0
             s.foot_contact = contact
             s.first_contact = (self.air_time > 0) & contact
-            self.air_time = self.air_time + self.dt
-            s.last_air_time = self.air_time
-            self.air_time = self.air_time * ~contact
+            # The air time this step ends with: what feet touching down now were airborne for.
+            s.last_air_time = self.air_time + self.dt
         if "base_contact" in cols:
             s.base_contact = (data[:, cols["base_contact"]] > 0).any(-1)
         if "undesired_contact" in cols:
             s.undesired_contact = data[:, cols["undesired_contact"]] > 0
-        self.last_action = action
-        self.last_joint_vel = s.joint_vel
         return s
+
+    def _advance(self, s: LocoState) -> None:
+        if s.foot_contact is not None:
+            self.air_time = s.last_air_time * ~s.foot_contact
+        self.last_action = s.action
+        self.last_joint_vel = s.joint_vel
 
     def _reset_state(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, g, dev = self.num_envs, self.generator, self.device
@@ -180,6 +183,7 @@ class LocomotionEnv(TaskEnv):
         self.command = torch.where(mask[:, None], cmd, self.command)
         self.air_time = torch.where(mask[:, None], 0.0, self.air_time)
         self.last_joint_vel = torch.where(mask[:, None], 0.0, self.last_joint_vel)
+        self.last_action = torch.where(mask[:, None], 0.0, self.last_action)
 
     def _disturb(self) -> None:
         """Random pushes: every ``push.interval_s`` each env's base gets a random xy velocity kick."""
@@ -202,11 +206,15 @@ class LocomotionEnv(TaskEnv):
         self.backend.set_state(due, st.qpos, qvel)
 
     def _metrics(self, s: LocoState) -> dict[str, torch.Tensor]:
-        return {
+        m = {
             "lin_vel_error": (s.command[:, :2] - s.base_lin_vel[:, :2]).norm(dim=-1),
             "ang_vel_error": (s.command[:, 2] - s.base_ang_vel[:, 2]).abs(),
             "world_x_velocity": s.base_lin_vel_world[:, 0],  # progress along +x (Ant); yaw-random for go2
         }
+        if s.first_contact is not None:  # gait: feet landing this step and their summed flight time
+            m["touchdowns"] = s.first_contact.float().sum(-1)
+            m["touchdown_air_time"] = (s.last_air_time * s.first_contact).sum(-1)
+        return m
 
     # -- helpers -------------------------------------------------------------------------------
     def set_command_ranges(self, ranges: Mapping[str, Any], zero_prob: float = 0.0) -> None:

@@ -293,7 +293,7 @@ class ArmEnv(TaskEnv):
             )
         return self.default_joint_pos, torch.full_like(self.default_joint_pos, self.action_scale)
 
-    def _compute_state(self, action: torch.Tensor) -> ArmState:
+    def _read_state(self, action: torch.Tensor) -> ArmState:
         sim = self.backend.state()
         qpos, qvel = sim.qpos, sim.qvel
         q, qd = qpos[:, self._qpos_adr[:ARM_DOF]], qvel[:, self._dof_adr[:ARM_DOF]]
@@ -340,8 +340,10 @@ class ArmEnv(TaskEnv):
             s.self_contact = (data[:, cols["self_contact"]] > 0).any(-1)
         if "finger_contact" in cols:
             s.finger_contact = data[:, cols["finger_contact"]] > 0
-        self.last_action = action
         return s
+
+    def _advance(self, s: ArmState) -> None:
+        self.last_action = s.action
 
     def _reset_state(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, g, dev = self.num_envs, self.generator, self.device

@@ -1,4 +1,9 @@
-"""Term machinery: named pure functions (state, **params) -> (N,) weighted from config."""
+"""Term machinery: named pure functions (state, **params) -> (N,) weighted from config.
+
+A term may also be a small class (state or a model, e.g. a VLM scorer): it is built once as
+``cls(context, **params)`` and then called as ``term(state)``; if it has ``reset(mask)`` the env
+calls it for the envs that reset.
+"""
 
 from __future__ import annotations
 
@@ -23,15 +28,34 @@ class Term:
     meta: dict[str, Any] = field(default_factory=dict)  # scale/clip of observation terms
 
     def __call__(self, state: Any) -> torch.Tensor:
+        if self.stateful:
+            return self.fn(state)
         return self.fn(state, **self.params)
+
+    @property
+    def stateful(self) -> bool:
+        """Built from a class: holds state or a model, called without parameters."""
+        return not inspect.isfunction(self.fn) and not inspect.isbuiltin(self.fn)
+
+    def reset(self, mask: torch.Tensor) -> None:
+        """Forward an env reset (N,) bool to a stateful term that keeps per-env state."""
+        hook = getattr(self.fn, "reset", None) if self.stateful else None
+        if hook is not None:
+            hook(mask)
 
 
 def build_terms(
-    cfg: Mapping[str, Any] | None, table: Mapping[str, TermFn], kind: str, *, reserved: tuple = ("weight",)
+    cfg: Mapping[str, Any] | None,
+    table: Mapping[str, TermFn],
+    kind: str,
+    *,
+    reserved: tuple = ("weight",),
+    context: Any = None,
 ) -> list[Term]:
     """Parse ``{name: {weight: w, fn: other_name?, **params}}`` against a table of term functions.
 
     Unknown term names and parameters the function does not take are errors, not silently ignored.
+    A class in the table is instantiated once as ``cls(context, **params)`` (``context`` is the env).
     """
     terms: list[Term] = []
     for name, spec in (cfg or {}).items():
@@ -41,12 +65,16 @@ def build_terms(
             raise ConfigError(f"unknown {kind} term {fn_name!r}; known: {', '.join(sorted(table))}")
         fn = table[fn_name]
         meta = {k: spec.pop(k) for k in reserved if k in spec}
-        accepted = list(inspect.signature(fn).parameters)[1:]
+        is_class = inspect.isclass(fn)
+        skip = 2 if is_class else 1  # (self, context) of a class, the state of a function
+        accepted = list(inspect.signature(fn.__init__ if is_class else fn).parameters)[skip:]
         for p in spec:
             if p not in accepted:
                 raise ConfigError(
                     f"{kind} term {name!r} has no parameter {p!r}; it takes: {', '.join(accepted) or 'none'}"
                 )
+        if is_class:
+            fn = fn(context, **spec)
         terms.append(Term(name, fn, float(meta.get("weight", 1.0)), spec, meta))
     return terms
 

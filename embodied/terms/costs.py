@@ -1,11 +1,8 @@
-"""Safety cost terms: pure functions of a task's state returning (N,) >= 0 (1 = violation)."""
+"""Locomotion (and generic) safety costs: pure functions of a state returning (N,) >= 0 (1 = violation)."""
 
 from __future__ import annotations
 
 import torch
-
-from embodied.terms.driving import DRIVE_COSTS
-from embodied.terms.manipulation import MANIP_COSTS
 
 
 def undesired_contact(s) -> torch.Tensor:
@@ -25,5 +22,3 @@ def torque_limit_hit(s, fraction: float = 0.99) -> torch.Tensor:
 
 
 COSTS = {f.__name__: f for f in (undesired_contact, joint_limit_violation, torque_limit_hit)}
-COSTS.update(MANIP_COSTS)  # arm manipulation terms (embodied/terms/manipulation.py)
-COSTS.update(DRIVE_COSTS)  # driving terms (embodied/terms/driving.py)

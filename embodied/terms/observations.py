@@ -1,11 +1,8 @@
-"""Observation terms: pure functions of a task's state returning (N, d)."""
+"""Locomotion (and generic) observation terms: pure functions of a task's state returning (N, d)."""
 
 from __future__ import annotations
 
 import torch
-
-from embodied.terms.driving import DRIVE_OBSERVATIONS
-from embodied.terms.manipulation import MANIP_OBSERVATIONS
 
 
 def base_lin_vel(s) -> torch.Tensor:  # 3
@@ -73,5 +70,3 @@ OBSERVATIONS = {
         qvel,
     )
 }
-OBSERVATIONS.update(MANIP_OBSERVATIONS)  # arm manipulation terms (embodied/terms/manipulation.py)
-OBSERVATIONS.update(DRIVE_OBSERVATIONS)  # driving terms (embodied/terms/driving.py)

@@ -1,11 +1,8 @@
-"""Reward terms: pure functions of a task's state returning (N,). Weights and dt come from the env."""
+"""Locomotion (and generic) rewards: pure functions of a state returning (N,); weights, dt from the env."""
 
 from __future__ import annotations
 
 import torch
-
-from embodied.terms.driving import DRIVE_REWARDS
-from embodied.terms.manipulation import MANIP_REWARDS
 
 
 def track_lin_vel_xy_exp(s, sigma: float = 0.25) -> torch.Tensor:
@@ -106,5 +103,3 @@ REWARDS = {
         control_l2,
     )
 }
-REWARDS.update(MANIP_REWARDS)  # arm manipulation terms (embodied/terms/manipulation.py)
-REWARDS.update(DRIVE_REWARDS)  # driving terms (embodied/terms/driving.py)

@@ -1,13 +1,10 @@
-"""Termination terms: pure functions of a task's state returning (N,) bool."""
+"""Locomotion termination terms: pure functions of a task's state returning (N,) bool."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-
-from embodied.terms.driving import DRIVE_TERMINATIONS
-from embodied.terms.manipulation import MANIP_TERMINATIONS
 
 
 def base_contact(s) -> torch.Tensor:
@@ -26,5 +23,3 @@ def base_height_out_of_range(s, min_height: float = 0.2, max_height: float = 1.0
 
 
 TERMINATIONS = {f.__name__: f for f in (base_contact, bad_orientation, base_height_out_of_range)}
-TERMINATIONS.update(MANIP_TERMINATIONS)  # arm manipulation terms (embodied/terms/manipulation.py)
-TERMINATIONS.update(DRIVE_TERMINATIONS)  # driving terms (embodied/terms/driving.py)

@@ -1,0 +1,1 @@
+"""Data written and read by runs: transition replay (replay.py)."""

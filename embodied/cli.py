@@ -112,6 +112,22 @@ def cmd_train(args: list[str]) -> int:
     torch.manual_seed(int(cfg.seed))
     env = build_env(cfg)
     alg = build_algo(cfg, env, build_policy(cfg, env))
+    observers = []
+    replay = cfg.get("replay") or {}
+    if replay.get("enabled", False):
+        groups = replay.get("groups")
+        observers.append(
+            ReplayWriter(
+                run_dir / "replay",
+                env.obs_spec,
+                env.num_envs,
+                env.action_dim,
+                env.dt,
+                groups=None if groups is None else list(groups),
+                shard_steps=int(replay.get("shard_steps", 24)),
+                device=env.device,
+            )
+        )
     if not resume:  # written once the config has built: a rejected config leaves no run behind
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -130,22 +146,6 @@ def cmd_train(args: list[str]) -> int:
     logger = RunLogger(run_dir, purge_step=start_steps + 1 if resume else None)
     if resume:
         logger.truncate_after(start_steps)
-    observers = []
-    replay = cfg.get("replay") or {}
-    if replay.get("enabled", False):
-        groups = replay.get("groups")
-        observers.append(
-            ReplayWriter(
-                run_dir / "replay",
-                env.obs_spec,
-                env.num_envs,
-                env.action_dim,
-                env.dt,
-                groups=None if groups is None else list(groups),
-                shard_steps=int(replay.get("shard_steps", 24)),
-                device=env.device,
-            )
-        )
     runner = Runner(
         env,
         alg,

@@ -73,13 +73,6 @@ class LinearPolicy(nn.Module):
     def entropy(self):
         return gaussian_entropy(self.action_std)
 
-    @property
-    def noise(self):  # PPO logs the mean action std through ``noise.std()``
-        return self
-
-    def std(self):
-        return self.log_std.exp()
-
     def evaluate(self, obs):
         return self.critic(obs["critic"]).squeeze(-1)
 
@@ -319,12 +312,24 @@ def test_replay_reloads_exactly_the_transitions_the_env_produced(tmp_path):
 
 def test_replay_of_other_data_is_refused(tmp_path):
     env = make_env("go2_velocity", num_envs=2)
-    ReplayWriter(tmp_path, env.obs_spec, 2, env.action_dim, env.dt)
+    with pytest.raises(ConfigError, match="is not a replay directory"):
+        load_replay(tmp_path)
+    writer = ReplayWriter(tmp_path, env.obs_spec, 2, env.action_dim, env.dt, shard_steps=1)
+    obs, action = env.reset(), torch.zeros(2, env.action_dim)
+    writer.on_step(obs, action, env.step(action))
     with pytest.raises(ConfigError, match="holds replay of other data"):
         ReplayWriter(tmp_path, env.obs_spec, 3, env.action_dim, env.dt)
-    with pytest.raises(ConfigError, match="holds no replay shards"):
+    (tmp_path / "shard_000000.pt").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="is corrupt"):
         load_replay(tmp_path)
     env.close()
+
+
+def test_a_rejected_replay_config_leaves_no_run_behind(tmp_path, capsys):
+    run = tmp_path / "rejected"
+    assert main(["train", "replay.enabled=true", "replay.groups=[nope]", f"run_dir={run}", *SHORT]) == 2
+    assert "replay.groups ['nope'] are not observation groups" in capsys.readouterr().err
+    assert not run.exists()
 
 
 # -- checkpoints ----------------------------------------------------------------------------------

@@ -265,7 +265,7 @@ class PPO:
         self.iteration += 1
         stats = {k: v / num_updates for k, v in sums.items()}
         stats["policy/learning_rate"] = self.learning_rate
-        stats["policy/action_std"] = ac.noise.std().mean().item()
+        stats["policy/action_std"] = ac.action_std.mean().item()  # of the last minibatch's distribution
         return stats
 
     def state_dict(self) -> dict[str, Any]:

@@ -17,6 +17,8 @@ Steps are kept on the env's device until a shard is full, then moved to the CPU 
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,6 @@ class ReplayWriter:
                 f"replay.groups {missing} are not observation groups; the env has {list(obs_spec)}"
             )
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.spec = {g: obs_spec[g] for g in groups}
         meta = {
             "version": VERSION,
@@ -70,8 +71,7 @@ class ReplayWriter:
             old = json.loads(meta_path.read_text())
             if old != meta:
                 raise ConfigError(f"{self.dir} holds replay of other data ({old}); move it away first")
-        else:
-            meta_path.write_text(json.dumps(meta, indent=2))
+        self._meta = meta  # written with the first shard: a rejected run leaves nothing behind
         self.shard_steps = shard_steps
         self.next_index = len(shard_paths(self.dir))
         t, n, dev = shard_steps, num_envs, torch.device(device)
@@ -112,6 +112,9 @@ class ReplayWriter:
         """Write the steps held so far as the next shard (nothing when none are held)."""
         if self.step == 0:
             return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / META).exists():
+            (self.dir / META).write_text(json.dumps(self._meta, indent=2))
         shard = {k: v[: self.step].cpu().clone() for k, v in self.buffers.items()}
         atomic_torch_save(self.dir / f"shard_{self.next_index:06d}.pt", shard)
         self.next_index += 1
@@ -148,7 +151,7 @@ def load_replay(directory: str | Path) -> dict[str, torch.Tensor]:
     for p in paths:
         try:
             shards.append(torch.load(p, map_location="cpu", weights_only=True))
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
             first = (str(e).strip().splitlines() or ["unreadable"])[0]
             raise ConfigError(f"replay shard {p} is corrupt ({first[:160]})") from None
     return {k: torch.cat([s[k] for s in shards]) for k in shards[0]}

@@ -52,3 +52,13 @@ def build_chain(
         f.name = name
         filters.append(f)
     return FilterChain(filters)
+
+
+def _register_builtin() -> None:
+    from policies.safety.box import BoxFilter, RateFilter
+
+    register_filter("box", BoxFilter)
+    register_filter("rate", RateFilter)
+
+
+_register_builtin()

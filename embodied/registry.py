@@ -95,7 +95,22 @@ def task_config(name: str) -> DictConfig:
     files = _task_files()
     if name not in files:
         raise ConfigError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(files))}")
-    return OmegaConf.load(files[name])
+    own = OmegaConf.load(files[name])
+    defaults = own.pop("defaults", None)
+    if not defaults:
+        return own
+    # A variant names the tasks it extends, as Hydra's defaults list does: ``[ant, _self_]``.
+    parts = []
+    for d in defaults:
+        if d == "_self_":
+            parts.append(own)
+        elif not isinstance(d, str) or d == name:
+            raise ConfigError(f"task {name!r}: defaults may name other tasks and _self_, got {d!r}")
+        else:
+            parts.append(task_config(d))
+    if "_self_" not in defaults:
+        parts.append(own)
+    return OmegaConf.merge(*parts)
 
 
 def describe_tasks() -> list[tuple[str, str, str]]:

@@ -35,9 +35,9 @@ def build_filters(cfg: DictConfig, env: BatchedEnv) -> FilterChain:
     """The safety-filter chain ``safety.filters`` (empty when the config has none)."""
     node = cfg.get("safety")
     safety = {} if node is None else OmegaConf.to_container(node, resolve=True)
-    unknown = sorted(set(safety) - {"filters", "params"})
+    unknown = sorted(set(safety) - {"filters", "params", "cost_limit"})
     if unknown:
-        raise ConfigError(f"unknown safety key(s) {unknown}; known: filters, params")
+        raise ConfigError(f"unknown safety key(s) {unknown}; known: filters, params, cost_limit")
     names = list(safety.get("filters") or [])
     if not names:
         return FilterChain()

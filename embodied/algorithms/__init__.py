@@ -40,4 +40,11 @@ def _ppo(cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> Algorithm:
     return PPO.from_config(cfg, policy, env)
 
 
+def _ppo_lagrangian(cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> Algorithm:
+    from embodied.algorithms.ppo_lagrangian import PPOLagrangian
+
+    return PPOLagrangian.from_config(cfg, policy, env)
+
+
 register_algorithm("ppo", _ppo)
+register_algorithm("ppo_lagrangian", _ppo_lagrangian)

@@ -21,4 +21,12 @@ def torque_limit_hit(s, fraction: float = 0.99) -> torch.Tensor:
     return (s.joint_torque.abs() >= fraction * s.torque_limits).any(-1).float()
 
 
-COSTS = {f.__name__: f for f in (undesired_contact, joint_limit_violation, torque_limit_hit)}
+def base_speed_over_limit(s, limit: float = 2.6222) -> torch.Tensor:
+    """1 when the base's planar (world x-y) speed exceeds ``limit`` m/s (Safety-Gymnasium's
+    velocity constraint; 2.6222 m/s is its Ant threshold)."""
+    return (s.base_lin_vel_world[:, :2].norm(dim=-1) > limit).float()
+
+
+COSTS = {
+    f.__name__: f for f in (undesired_contact, joint_limit_violation, torque_limit_hit, base_speed_over_limit)
+}

@@ -2,7 +2,8 @@
 
 Format v2 keeps the policy and the algorithm apart:
 ``{"format", "task", "obs_spec", "action_dim", "config", "iteration", "total_steps",
-"policy": {"name", "state"}, "algo": {"name", "state"}}``. Evaluation and export read only
+"policy": {"name", "state"}, "algo": {"name", "state"}, "world_size"}`` (world_size: the
+number of data-parallel processes that trained it; absent means 1). Evaluation and export read only
 ``policy``; resuming reads both. A file of another format is refused with one line.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,12 @@ USAGE = """usage: embodied <command> [key=value ...]
   export  run=<run dir> [checkpoint=<file>]   writes exported/policy.onnx, policy.ts, observation.onnx,
           deploy.yaml
   sim2sim run=<run dir> [target=mujoco] [perturb=<preset>] [episodes=20] [seed=0]   PASS/FAIL, exit 1 on FAIL
+  safety-eval run=<run dir> [filters=[none,box]] [episodes=16] [seeds=[0,1,2]] [checkpoint=<file>]
+          [video=true] [+safety.params.<filter>.<key>=v ...]   each setting (none, a filter, a chain
+          box+cbf) on the same seeds and initial states; writes <run>/safety/report.md/.json/.png
+  train -m seed=1,2 [key=a,b ...]   Hydra multirun: one run directory per job (runs/multirun/<date-time>/<n>)
+  compare <run dirs or globs> [metrics=[a,b]] [out=<dir>]   mean/spread curves per config over seeds
+          (compare.png) and final figures with 95% t-intervals (compare.md)
   tasks   list the registered tasks
 Plugins: EMBODIED_PLUGINS=mod1,mod2 imports modules that register algorithms, policies, filters or
 terms; EMBODIED_CONFIG_PATH=dir1:dir2 adds config directories (algo/, policy/, task/, ...)."""
@@ -87,6 +94,69 @@ def run_eval(run_dir: Path, cfg: DictConfig, *, checkpoint=None, num_envs=0, see
 
 
 def cmd_train(args: list[str]) -> int:
+    from embodied.distributed import DistributedFailure
+
+    if args and args[0] in ("-m", "--multirun"):
+        return _multirun(args[1:])
+    try:
+        return _train(args)
+    except DistributedFailure as e:  # a rank died or a collective timed out: not bad input
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _new_run_dir(cfg: DictConfig) -> Path:
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / str(cfg.task.name) / stamp
+    if (run_dir / "config.yaml").exists():
+        raise ConfigError(f"{run_dir} already holds a run; use resume={run_dir} to continue it")
+    return run_dir
+
+
+def _multirun(args: list[str]) -> int:
+    """Hydra's multirun over the sweep in ``args`` (``seed=1,2 algo.learning_rate=3e-4,1e-3``): one
+    run directory per job, ``runs/multirun/<date-time>/<job number>`` unless hydra.sweep.* says.
+    Launcher plugins (e.g. hydra-submitit-launcher for SLURM) are chosen with ``hydra/launcher=...``."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    failures: list[str] = []
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
+    def job(cfg: DictConfig) -> int:
+        cfg = cfg.copy()
+        cfg.run_dir = HydraConfig.get().runtime.output_dir
+        try:
+            return cmd_train_config(cfg)
+        except (ConfigError, SimConfigError) as e:  # this job fails; the sweep goes on
+            failures.append(f"{cfg.run_dir}: {e}")
+            return 2
+
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    given = {a.split("=", 1)[0] for a in args}
+    hydra_args = [] if "hydra.sweep.dir" in given else [f"hydra.sweep.dir=runs/multirun/{stamp}"]
+    if "hydra.sweep.subdir" not in given:
+        hydra_args.append("hydra.sweep.subdir=${hydra.job.num}")
+    extra = [f"file://{d}" for d in config_dirs()[1:]]
+    if extra:
+        hydra_args.append(f"hydra.searchpath=[{','.join(extra)}]")
+    argv, sys.argv = sys.argv, ["embodied", "-m", *hydra_args, *args]
+    try:
+        job()
+    finally:
+        sys.argv = argv
+    for f in failures:
+        print(f"error: {f}", file=sys.stderr)
+    return 2 if failures else 0
+
+
+def cmd_train_config(cfg: DictConfig) -> int:
+    """Train from an already composed config (a Hydra job's)."""
+    return _train([], cfg=cfg)
+
+
+def _train(args: list[str], cfg: DictConfig | None = None) -> int:
+    from embodied import distributed as dd
     from embodied.checkpoint import latest_checkpoint, load_checkpoint, load_module_state
     from embodied.data.replay import ReplayWriter
     from embodied.logger import RunLogger, plot_learning_curve
@@ -97,24 +167,61 @@ def cmd_train(args: list[str]) -> int:
     if resume:
         run_dir, cfg = load_run(resume)
         extra = [a for a in args if not a.startswith("resume=")]
-        for a in extra:  # a resumed run may only be extended, not reconfigured
-            if not a.startswith("train."):
-                raise ConfigError(f"resume: only train.* can change when resuming, got {a!r}")
+        for a in extra:  # a resumed run may only be extended (or spread over processes), not reconfigured
+            if not a.startswith(("train.", "dist.")):
+                raise ConfigError(f"resume: only train.* and dist.* can change when resuming, got {a!r}")
         cfg.merge_with_dotlist(extra)
-    else:
+    elif cfg is None:
         cfg = compose(args)
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-        run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / str(cfg.task.name) / stamp
-        if (run_dir / "config.yaml").exists():
-            raise ConfigError(f"{run_dir} already holds a run; use resume={run_dir} to continue it")
+    dcfg = dd.dist_config(OmegaConf.to_container(cfg.dist) if cfg.get("dist") is not None else None)
+    world = dd.launched_world_size()
+    if world == 1 and dcfg.nproc > 1:  # this process launches the ranks and trains nothing itself
+        dd.backend_for(str(cfg.device))
+        if resume:
+            path = latest_checkpoint(run_dir)
+            if path is not None:
+                dd.check_resume_world(load_checkpoint(path), dcfg.nproc, dcfg.allow_resize, path)
+        elif not cfg.run_dir:  # every rank must write to the one run directory chosen here
+            args = [*args, f"run_dir={_new_run_dir(cfg)}"]
+        else:
+            _new_run_dir(cfg)
+            if not args:  # a Hydra job: its overrides, with the job's run directory
+                from hydra.core.hydra_config import HydraConfig
+
+                args = [*HydraConfig.get().overrides.task, f"run_dir={cfg.run_dir}"]
+        return dd.launch(["train", *args], dcfg.nproc)
+    ctx = dd.init_from_env(str(cfg.device), dcfg.timeout_s)  # None with one process
+    main_rank = ctx is None or ctx.is_main
+    if ctx is not None and str(cfg.device).startswith("cuda"):
+        cfg.device = str(ctx.device)
+    if not resume:
+        if ctx is None:
+            run_dir = _new_run_dir(cfg)
+        else:  # rank 0 decides, so that ranks started a second apart agree
+            decided: list[str] = ["", ""]
+            if ctx.is_main:
+                try:
+                    decided = [str(_new_run_dir(cfg)), ""]
+                except ConfigError as e:
+                    decided = ["", str(e)]
+            decided = ctx.broadcast_object(decided)
+            if decided[1]:
+                raise ConfigError(decided[1])
+            run_dir = Path(decided[0])
 
     set_threads(cfg)
-    torch.manual_seed(int(cfg.seed))
-    env = build_env(cfg)
+    if ctx is None:
+        torch.manual_seed(int(cfg.seed))
+        env = build_env(cfg)
+    else:  # each rank its own envs and action noise
+        total = cfg.num_envs if cfg.get("num_envs") is not None else cfg.task.num_envs
+        num_envs, rank_seed = dd.rank_envs(int(total), int(cfg.seed), ctx, dcfg.envs)
+        torch.manual_seed(rank_seed)
+        env = build_env(cfg, num_envs=num_envs, seed=rank_seed)
     alg = build_algo(cfg, env, build_policy(cfg, env))
     observers = []
     replay = cfg.get("replay") or {}
-    if replay.get("enabled", False):
+    if replay.get("enabled", False) and main_rank:  # with several ranks: rank 0's transitions
         groups = replay.get("groups")
         observers.append(
             ReplayWriter(
@@ -128,7 +235,7 @@ def cmd_train(args: list[str]) -> int:
                 device=env.device,
             )
         )
-    if not resume:  # written once the config has built: a rejected config leaves no run behind
+    if not resume and main_rank:  # written once the config has built: a rejected config leaves no run
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     start_it, start_steps = 0, 0
@@ -136,29 +243,47 @@ def cmd_train(args: list[str]) -> int:
         path = latest_checkpoint(run_dir)
         if path is not None:
             ckpt = load_checkpoint(path, task=str(cfg.task.name), obs_spec=env.obs_spec)
+            dd.check_resume_world(ckpt, world, dcfg.allow_resize, path)
             load_module_state(alg.policy, ckpt["policy"]["state"], f"checkpoint {path}")
             try:
                 alg.load_state_dict(ckpt["algo"]["state"])
             except (ValueError, KeyError) as e:
                 raise ConfigError(f"{path}: algorithm state does not fit ({e})") from None
             start_it, start_steps = int(ckpt["iteration"]), int(ckpt["total_steps"])
-            print(f"resuming {run_dir} from {path.name} (iteration {start_it})", file=sys.stderr)
-    logger = RunLogger(run_dir, purge_step=start_steps + 1 if resume else None)
-    if resume:
-        logger.truncate_after(start_steps)
+            if main_rank:
+                print(f"resuming {run_dir} from {path.name} (iteration {start_it})", file=sys.stderr)
+    if ctx is not None:
+        ctx.attach(alg)  # sync hook, normalizer reduction, rank 0's weights on every rank
+    logger = None
+    if main_rank:
+        logger = RunLogger(run_dir, purge_step=start_steps + 1 if resume else None)
+        if resume:
+            logger.truncate_after(start_steps)
     runner = Runner(
         env,
         alg,
         logger,
         run_dir,
-        checkpoint_meta=checkpoint_meta(cfg, env),
+        checkpoint_meta={**checkpoint_meta(cfg, env), "world_size": world},
         save_interval=int(cfg.train.save_interval),
         collect_threads=int(cfg.threads.get("torch_collect", cfg.threads.torch)),
         observers=observers,
+        world_size=world,
+        is_main=main_rank,
+        reduce_stats=None if ctx is None else ctx.reduce_stats,
     )
-    runner.learn(int(cfg.train.max_iterations), start_it, start_steps)
-    logger.close()
+    try:
+        runner.learn(int(cfg.train.max_iterations), start_it, start_steps)
+    except RuntimeError as e:
+        if ctx is None or not dd.is_collective_failure(e):
+            raise
+        raise dd.DistributedFailure(dd.describe_failure(e)) from None
     env.close()
+    if ctx is not None:
+        ctx.close()
+    if logger is None:  # the other ranks are done: rank 0 alone evaluates, records and exports
+        return 0
+    logger.close()
     plot_learning_curve(run_dir)
     if cfg.train.evaluate:
         result = run_eval(run_dir, cfg, video=bool(cfg.train.video))
@@ -179,6 +304,20 @@ def _export(run_dir: Path, checkpoint: str | None) -> Path:
         return export_run(run_dir, Path(checkpoint) if checkpoint else None)
     except ExportError as e:
         raise ConfigError(f"export refused: {e}") from None
+
+
+def cmd_compare(args: list[str]) -> int:
+    from embodied.compare import compare
+
+    opts = [a for a in args if "=" in a and a.split("=", 1)[0] in ("metrics", "out")]
+    paths = [a for a in args if a not in opts]
+    if not paths:
+        raise ConfigError("compare: give run directories or globs, e.g. embodied compare 'runs/multirun/*'")
+    o = _kv(opts, {"metrics": "", "out": ""}, "compare")
+    png, md = compare(paths, _list(o["metrics"]) or None, Path(o["out"]) if o["out"] else None)
+    print(md.read_text())
+    print(f"wrote {png}, {md}")
+    return 0
 
 
 def cmd_export(args: list[str]) -> int:
@@ -247,6 +386,57 @@ def cmd_sim2sim(args: list[str]) -> int:
     return 0 if r["verdict"] == "PASS" else 1
 
 
+def cmd_safety_eval(args: list[str]) -> int:
+    from embodied.safety_eval import safety_eval
+    from embodied.safety_report import compact_table
+
+    overrides = [a.lstrip("+") for a in args if a.lstrip("+").startswith("safety.params.")]
+    rest = [a for a in args if not a.lstrip("+").startswith("safety.params.")]
+    allowed = {
+        "run": "",
+        "filters": "[none,box]",
+        "episodes": "16",
+        "seeds": "[0,1,2]",
+        "checkpoint": "",
+        "video": True,
+    }
+    o = _kv(rest, allowed, "safety-eval")
+    try:
+        episodes, seeds = int(o["episodes"]), [int(s) for s in _list(o["seeds"])]
+    except ValueError:
+        raise ConfigError(
+            f"safety-eval: episodes and seeds must be integers, got {o['episodes']!r}, {o['seeds']!r}"
+        ) from None
+    run_dir, cfg = load_run(o["run"])
+    params = OmegaConf.to_container(OmegaConf.from_dotlist(overrides)) if overrides else {}
+    report = safety_eval(
+        run_dir,
+        cfg,
+        _list(o["filters"]),
+        episodes=episodes,
+        seeds=seeds,
+        checkpoint=o["checkpoint"] or None,
+        video=o["video"],
+        params=params.get("safety", {}).get("params", {}),
+        command=" ".join(["embodied", "safety-eval", *(shlex.quote(a) for a in args)]),
+    )
+    print(compact_table(report))
+    worst = report["worst_episode"]
+    print(
+        f"wrote {run_dir / 'safety'}/report.md, report.json, report.png"
+        + (f", {worst['video']}" if worst else "")
+    )
+    return 0
+
+
+def _list(text: str) -> list[str]:
+    """``[a,b]`` or ``a`` -> its items, stripped."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def cmd_tasks(args: list[str]) -> int:
     rows = describe_tasks()
     width = max(len(r[0]) for r in rows)
@@ -261,6 +451,8 @@ COMMANDS = {
     "play": cmd_play,
     "export": cmd_export,
     "sim2sim": cmd_sim2sim,
+    "compare": cmd_compare,
+    "safety-eval": cmd_safety_eval,
     "tasks": cmd_tasks,
 }
 

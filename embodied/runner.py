@@ -30,7 +30,7 @@ class StepObserver(Protocol):
 
 
 class EpisodeTracker:
-    """Running returns/lengths per env; the last ``window`` finished episodes give the means.
+    """Running returns, costs and lengths per env; the last ``window`` finished episodes give the means.
 
     Each ``info["metric/<name>"]`` the task reports is also tracked per episode, as its mean over the
     episode (``episode/<name>``) and its value at the episode's last step (``episode/<name>_final``,
@@ -39,9 +39,11 @@ class EpisodeTracker:
 
     def __init__(self, num_envs: int, device: torch.device, window: int = 200) -> None:
         self.ret = torch.zeros(num_envs, device=device)
+        self.cost = torch.zeros(num_envs, device=device)
         self.length = torch.zeros(num_envs, device=device)
         self.window = window
         self.finished_ret: list[torch.Tensor] = []
+        self.finished_cost: list[torch.Tensor] = []
         self.finished_len: list[torch.Tensor] = []
         self.log_sums: dict[str, torch.Tensor] = {}
         self.metric_sum: dict[str, torch.Tensor] = {}
@@ -50,9 +52,11 @@ class EpisodeTracker:
 
     def add(self, out: StepOut) -> None:
         self.ret += out.reward
+        self.cost += out.cost
         self.length += 1
         done = out.terminated | out.truncated
         self.finished_ret.append(self.ret[done])
+        self.finished_cost.append(self.cost[done])
         self.finished_len.append(self.length[done])
         for k, v in out.info.items():
             if k.startswith("log/"):
@@ -64,16 +68,19 @@ class EpisodeTracker:
                 done_rows.append(torch.stack([total[done] / self.length[done], v[done]], -1))
                 self.metric_sum[name] = torch.where(done, 0.0, total)
         self.ret = torch.where(done, 0.0, self.ret)
+        self.cost = torch.where(done, 0.0, self.cost)
         self.length = torch.where(done, 0.0, self.length)
         self.steps += 1
 
     def pop(self, dt: float) -> dict[str, float]:
         """Per-step means of this iteration's logs; episode means once some episode finished."""
         ret = torch.cat(self.finished_ret)[-self.window :]
+        cost = torch.cat(self.finished_cost)[-self.window :]
         length = torch.cat(self.finished_len)[-self.window :]
         stats = {k.replace("log/", "env/", 1): float(v) / self.steps for k, v in self.log_sums.items()}
         if ret.numel():
             stats["train/mean_episode_reward"] = ret.mean().item()
+            stats["train/mean_episode_cost"] = cost.mean().item()
             stats["train/mean_episode_length_s"] = length.mean().item() * dt
         for name, rows in self.finished_metric.items():
             last = torch.cat(rows)[-self.window :]
@@ -81,7 +88,8 @@ class EpisodeTracker:
             if last.numel():
                 stats[f"episode/{name}"] = last[:, 0].mean().item()
                 stats[f"episode/{name}_final"] = last[:, 1].mean().item()
-        self.finished_ret, self.finished_len, self.log_sums, self.steps = [ret], [length], {}, 0
+        self.finished_ret, self.finished_cost, self.finished_len = [ret], [cost], [length]
+        self.log_sums, self.steps = {}, 0
         return stats
 
 
@@ -92,7 +100,7 @@ class Runner:
         self,
         env: BatchedEnv,
         alg: Algorithm,
-        logger: RunLogger,
+        logger: RunLogger | None,
         run_dir: str | Path,
         *,
         checkpoint_meta: dict[str, Any],
@@ -100,6 +108,9 @@ class Runner:
         collect_threads: int | None = None,
         on_iteration: Callable[[int, dict[str, float]], None] | None = None,
         observers: Sequence[StepObserver] = (),
+        world_size: int = 1,
+        is_main: bool = True,
+        reduce_stats: Callable[[dict[str, float]], dict[str, float]] | None = None,
     ) -> None:
         self.env, self.alg, self.logger = env, alg, logger
         self.observers = list(observers)
@@ -110,11 +121,14 @@ class Runner:
         self.collect_threads = collect_threads or torch.get_num_threads()
         self.update_threads = torch.get_num_threads()
         self.on_iteration = on_iteration
+        # Data-parallel ranks (embodied/distributed.py): steps count every rank's envs, the logged
+        # scalars are reduced over ranks, and only the main rank logs and checkpoints.
+        self.world_size, self.is_main, self.reduce_stats = world_size, is_main, reduce_stats
         self.total_steps = 0
 
     def learn(self, max_iterations: int, start_iteration: int = 0, start_steps: int = 0) -> None:
         env, alg = self.env, self.alg
-        steps_per_iter = alg.num_steps_per_env * env.num_envs
+        steps_per_iter = alg.num_steps_per_env * env.num_envs * self.world_size
         on_policy = isinstance(alg, OnPolicy)
         self.total_steps = start_steps
         tracker = EpisodeTracker(env.num_envs, env.device)
@@ -126,6 +140,7 @@ class Runner:
             total=max_iterations,
             unit="it",
             dynamic_ncols=True,
+            disable=not self.is_main,
         )
         last_reward = float("nan")
         for it in bar:
@@ -151,7 +166,12 @@ class Runner:
             stats["perf/collection_samples_per_s"] = steps_per_iter / (t1 - t0)
             stats["perf/update_s"] = t2 - t1
             stats["perf/iteration"] = it + 1
-            self.logger.log(self.total_steps, stats)
+            if self.reduce_stats is not None:
+                stats = self.reduce_stats(stats)
+            if not self.is_main:
+                continue
+            if self.logger is not None:
+                self.logger.log(self.total_steps, stats)
             last_reward = stats.get("train/mean_episode_reward", last_reward)
             bar.set_postfix(
                 fps=f"{stats['perf/samples_per_s']:.0f}", reward=f"{last_reward:.2f}", refresh=False

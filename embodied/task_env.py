@@ -61,6 +61,7 @@ class TaskEnv:
             for g, spec in groups.items()
         }
         self.filters = FilterChain()  # the safety-filter stage: empty unless set_filters is called
+        self.intervention_penalty = 0.0
         self.unstable_total = torch.zeros((), dtype=torch.long, device=self.device)
         self.nan_action_total = torch.zeros((), dtype=torch.long, device=self.device)
         # A task whose policy acts in other coordinates (IK, gripper) sets action_dim before this.
@@ -129,9 +130,17 @@ class TaskEnv:
         self._obs = self._observe(self.state)
         return self._obs
 
-    def set_filters(self, chain: FilterChain) -> None:
-        """Install the safety-filter stage (built against ``obs_layout("policy")`` and ``action_dim``)."""
+    def set_filters(self, chain: FilterChain, intervention_penalty: float = 0.0) -> None:
+        """Install the safety-filter stage (built against ``obs_layout("policy")`` and ``action_dim``).
+
+        ``intervention_penalty``: reward paid per second times the size of the filters' correction
+        ``|applied - proposed|`` (so a policy learns to propose safe actions), logged as
+        ``log/reward/safety_intervention``; 0 leaves the reward alone.
+        """
+        if not math.isfinite(intervention_penalty) or intervention_penalty < 0:
+            raise ConfigError(f"safety.intervention_penalty must be >= 0, got {intervention_penalty}")
         self.filters = chain
+        self.intervention_penalty = float(intervention_penalty)
 
     def frames(self) -> torch.Tensor:
         """(N, 3, H, W) uint8 camera frames of the current state (the ``rgb`` config), cached.
@@ -172,16 +181,20 @@ class TaskEnv:
         # it sampled; the filtered one is what the robot gets (and sees as its last action).
         log: dict[str, torch.Tensor] = {}
         safety: dict[str, torch.Tensor] = {}
+        correction = None
         if len(self.filters):
+            proposed = action
             action, intervened, finfo = self.filters(self._obs["policy"], action)
             action = action.clamp(-1.0, 1.0)
+            correction = torch.linalg.vector_norm(action - proposed, dim=-1)
             safety["safety/intervened"] = intervened
+            safety["safety/correction"] = correction  # |applied - proposed| over the whole chain
             for k, v in finfo.items():
                 safety[f"safety/{k}"] = v
                 if k.endswith("/intervened"):
                     log[f"log/safety/{k.removesuffix('/intervened')}/intervention_rate"] = v.float().mean()
-                elif k.endswith("/magnitude"):
-                    log[f"log/safety/{k}"] = v.mean()
+                else:  # magnitudes, and whatever else a filter reports (the cbf's infeasible rows)
+                    log[f"log/safety/{k}"] = v.float().mean()
             log["log/safety/intervention_rate"] = intervened.float().mean()
         # 3. Disturbances and latency, 4. actuator control.
         self._disturb()
@@ -192,6 +205,10 @@ class TaskEnv:
         self._advance(s)
 
         reward = weighted_sum(self.rewards, s, self.num_envs, self.device, self.dt, log, "log/reward")
+        if correction is not None and self.intervention_penalty > 0.0:
+            penalty = -self.intervention_penalty * self.dt * correction
+            log["log/reward/safety_intervention"] = penalty.mean()
+            reward = reward + penalty
         cost_terms: dict[str, torch.Tensor] = {}
         cost = weighted_sum(self.costs, s, self.num_envs, self.device, 1.0, log, "log/cost", cost_terms)
         terminated = unstable.clone()

@@ -35,16 +35,22 @@ def build_filters(cfg: DictConfig, env: BatchedEnv) -> FilterChain:
     """The safety-filter chain ``safety.filters`` (empty when the config has none)."""
     node = cfg.get("safety")
     safety = {} if node is None else OmegaConf.to_container(node, resolve=True)
-    unknown = sorted(set(safety) - {"filters", "params", "cost_limit"})
+    known = ("filters", "params", "cost_limit", "intervention_penalty")
+    unknown = sorted(set(safety) - set(known))
     if unknown:
-        raise ConfigError(f"unknown safety key(s) {unknown}; known: filters, params, cost_limit")
+        raise ConfigError(f"unknown safety key(s) {unknown}; known: {', '.join(known)}")
+    limit = safety.get("cost_limit", 0.0)
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not limit >= 0:
+        raise ConfigError(f"safety.cost_limit must be a number >= 0 (cost per episode), got {limit!r}")
     names = list(safety.get("filters") or [])
     if not names:
         return FilterChain()
     try:
-        return build_chain(names, safety.get("params") or {}, env.obs_layout("policy"), env.action_dim).to(
-            env.device
+        task = OmegaConf.to_container(cfg.task, resolve=True)
+        chain = build_chain(
+            names, safety.get("params") or {}, env.obs_layout("policy"), env.action_dim, task=task
         )
+        return chain.to(env.device)
     except FilterError as e:
         raise ConfigError(str(e)) from None
 
@@ -65,7 +71,10 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = N
     )
     chain = build_filters(cfg, env)
     if len(chain):
-        env.set_filters(chain)
+        penalty = cfg.safety.get("intervention_penalty", 0.0)
+        if isinstance(penalty, bool) or not isinstance(penalty, int | float):
+            raise ConfigError(f"safety.intervention_penalty must be a number >= 0, got {penalty!r}")
+        env.set_filters(chain, intervention_penalty=float(penalty))
     return env
 
 

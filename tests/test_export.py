@@ -88,6 +88,7 @@ SCHEMA_KEYS = {
         "action",
         "observations",
         "safety_filters",
+        "safety_params",
         "commands",
         "obs_clip",
     },

@@ -7,18 +7,45 @@
     alg.compute_returns(obs)          # on-policy algorithms only (those that define it)
     stats = alg.update()
 
+With several data-parallel processes every algorithm agrees with its peers through its ``sync``
+attribute: ``sync.grads(params)`` after each backward (before clipping), ``sync.mean`` of scalars
+a schedule reads, ``sync.mean_std`` / ``sync.pooled_mean`` of rollout statistics. ``LocalSync`` (one
+process) does nothing; embodied/distributed.py installs the collective twin.
+
 Checkpoints keep the policy's state (``alg.policy.state_dict()``) apart from the algorithm's own
 (``alg.state_dict()``: optimizer, schedules, counters), so evaluation and export need only the first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from embodied.env import Obs, StepOut
+
+
+class LocalSync:
+    """One process: nothing to agree on. Each method is exactly what a single process computes."""
+
+    world_size = 1
+
+    def grads(self, params: Iterable[nn.Parameter]) -> None:
+        """Average ``.grad`` over processes (after backward, before clipping); here a no-op."""
+
+    def mean(self, value: float) -> float:
+        """A scalar averaged over processes (the minibatch KL of the adaptive schedule)."""
+        return value
+
+    def mean_std(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and unbiased std of x's elements over every process."""
+        return x.mean(), x.std()
+
+    def pooled_mean(self, x: torch.Tensor) -> float | None:
+        """Mean of x's elements over every process; None when there are none."""
+        return None if x.numel() == 0 else float(x.mean())
 
 
 @runtime_checkable

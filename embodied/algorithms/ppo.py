@@ -10,9 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from embodied.algorithms.base import LocalSync
 from embodied.env import Obs, StepOut
 from embodied.errors import ConfigError
-from embodied.rollout import RolloutStorage
+from embodied.rollout import RolloutStorage, compute_gae
 from policies.distributions import gaussian_kl
 from policies.spec import TensorSpec
 
@@ -117,6 +118,7 @@ class PPO:
         self.actor_critic = actor_critic.to(self.device)
         self.learning_rate = cfg.learning_rate
         self.iteration = 0
+        self.sync: LocalSync = LocalSync()  # replaced by embodied.distributed with several processes
         self.optimizer = torch.optim.Adam(self.actor_critic.parameters(), lr=self.learning_rate)
         groups = tuple(actor_critic.obs_groups)
         if obs_spec is None:  # the policy's own groups as flat float vectors
@@ -214,7 +216,17 @@ class PPO:
     def compute_returns(self, obs: Obs) -> None:
         """Bootstrap the rollout with V(obs) (N,) and fill returns and advantages."""
         last_values = self.actor_critic.evaluate(obs)
-        self.storage.compute_returns(last_values, self.cfg.gamma, self.cfg.lam)
+        if self.sync.world_size == 1:
+            self.storage.compute_returns(last_values, self.cfg.gamma, self.cfg.lam)
+            return
+        # Several processes: advantages are standardized with the mean and std of every rank's rollout.
+        s = self.storage
+        returns, advantages = compute_gae(
+            s.rewards, s.values, s.dones, last_values, self.cfg.gamma, self.cfg.lam
+        )
+        mean, std = self.sync.mean_std(advantages)
+        s.returns.copy_(returns)
+        s.advantages.copy_((advantages - mean) / (std + 1e-8))
 
     def _set_learning_rate(self, lr: float) -> None:
         self.learning_rate = lr
@@ -238,6 +250,7 @@ class PPO:
 
             with torch.no_grad():
                 kl = gaussian_kl(batch.mu, batch.sigma, ac.action_mean, ac.action_std).mean().item()
+            kl = self.sync.mean(kl)  # every rank's schedule reads the same KL (rsl_rl all-reduces it)
             if cfg.schedule == "adaptive":
                 lr = adapt_learning_rate(
                     self.learning_rate, kl, cfg.desired_kl, cfg.min_learning_rate, cfg.max_learning_rate
@@ -252,6 +265,7 @@ class PPO:
 
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.sync.grads(ac.parameters())
             nn.utils.clip_grad_norm_(ac.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
 

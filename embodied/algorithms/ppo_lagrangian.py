@@ -58,6 +58,12 @@ class PPOLagrangian(PPO):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> PPOLagrangian:
+        costs = getattr(env, "costs", None)  # a TaskEnv's cost terms; other envs say nothing
+        if costs is not None and len(costs) == 0:
+            task = getattr(env, "cfg", {}).get("name", "this task")
+            raise ConfigError(
+                f"algo=ppo_lagrangian needs cost terms, and task {task} has none (add costs: to its config)"
+            )
         ppo_keys = {f.name for f in fields(PPOConfig)}
         lag_keys = {f.name for f in fields(LagrangeConfig)}
         extra = {"cost_critic_hidden_dims"}
@@ -111,7 +117,7 @@ class PPOLagrangian(PPO):
         """Mean cost of the last ``EPISODE_WINDOW`` finished episodes (None before the first)."""
         done = torch.cat(self._finished_costs)[-EPISODE_WINDOW:]
         self._finished_costs = [done]
-        return None if done.numel() == 0 else float(done.mean())
+        return self.sync.pooled_mean(done)  # pooled over ranks, so every multiplier agrees
 
     @torch.no_grad()
     def compute_returns(self, obs: Obs) -> None:
@@ -122,7 +128,7 @@ class PPOLagrangian(PPO):
             self.costs, self.cost_values, s.dones, self.cost_value(obs), self.cfg.gamma, self.cfg.lam
         )
         self.cost_returns.copy_(cost_returns)
-        cost_adv = cost_adv - cost_adv.mean()
+        cost_adv = cost_adv - self.sync.mean_std(cost_adv)[0]
         jc = self.episode_cost()
         if jc is not None:
             self.multiplier.update(jc)
@@ -145,6 +151,7 @@ class PPOLagrangian(PPO):
                 loss = value_loss(v, old[idx], returns[idx], cfg.clip_param, cfg.use_clipped_value_loss)
                 self.cost_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self.sync.grads(self.cost_critic.parameters())
                 nn.utils.clip_grad_norm_(self.cost_critic.parameters(), cfg.max_grad_norm)
                 self.cost_optimizer.step()
                 total, count = total + loss.item(), count + 1

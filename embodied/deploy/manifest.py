@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,8 @@ class Manifest:
     observations: tuple[ObsTerm, ...]
     commands: dict[str, tuple[float, float]]  # lin_vel_x, lin_vel_y, ang_vel_yaw -> (low, high)
     obs_clip: float | None
-    safety_filters: tuple[str, ...]  # the filters inside policy.onnx, for the record
+    safety_filters: tuple[str, ...]  # the filters inside policy.onnx, applied by running it
+    safety_params: dict[str, Any] = field(default_factory=dict)  # each filter's parameters, for the record
 
     @property
     def onnx_path(self) -> Path:
@@ -241,6 +242,7 @@ def load_manifest(path: str | Path) -> Manifest:
         commands={k: r.pair(f"commands.{k}") for k in COMMAND_KEYS},
         obs_clip=r.num("obs_clip", positive=True, nullable=True),
         safety_filters=_names(r, "safety_filters"),
+        safety_params=_safety_params(r),
     )
     if m.obs_dim != m.policy.input_dim:
         widths = " + ".join(f"{t.name} {t.width}" for t in m.observations)
@@ -328,6 +330,15 @@ def _observations(r: _Reader, n: int) -> tuple[ObsTerm, ...]:
         clip = r.num(f"{at}.clip", positive=True, nullable=True)
         out.append(ObsTerm(name=name, dim=dim, scale=scale, clip=clip, history=r.integer(f"{at}.history")))
     return tuple(out)
+
+
+def _safety_params(r: _Reader) -> dict[str, Any]:
+    v = r.get("safety_params", required=False)
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(isinstance(p, dict) for p in v.values()):
+        raise r.fail("safety_params must map each safety filter's name to its parameters")
+    return dict(v)
 
 
 def _names(r: _Reader, path: str) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """Export: the policy (ONNX + TorchScript twin), its observation graph (ONNX) and their deploy.yaml."""
 
-from embodied.export.graph import ExportedPolicy, ExportError
+from embodied.export.graph import ExportedPolicy, ExportError, check_pipeline
 from embodied.export.observation_graph import (
     ObservationGraph,
     SignalRecord,
@@ -40,6 +40,7 @@ __all__ = [
     "SignalState",
     "check_observation_parity",
     "check_parity",
+    "check_pipeline",
     "deploy_manifest",
     "export_from_env",
     "export_policy",

@@ -78,3 +78,32 @@ class ExportedPolicy(nn.Module):
         actions, _, _ = self.filters(obs, actions)
         actions = actions.clamp(-1.0, 1.0)
         return self.offset + self.scale * actions, actions
+
+
+def check_pipeline(
+    exported: ExportedPolicy,
+    obs: torch.Tensor,
+    applied: torch.Tensor | None,
+    filters: list[str],
+    tol: float = 1e-5,
+) -> float:
+    """Max |graph action - env action| on a rollout's observations; ExportError above ``tol``.
+
+    ``applied`` is what the env's own action pipeline (sanitize, safety filters) sent to the
+    actuators for each observation, so a filter the env ran but the graph lacks (or the reverse) is
+    caught here, whatever the filters' names say.
+    """
+    if applied is None:
+        raise ExportError("the rollout recorded no applied actions to check the graph against")
+    with torch.no_grad():
+        _, actions = exported(obs.cpu())
+    gap = (actions - applied.cpu()).abs().amax(-1)
+    diff = float(gap.max())
+    if not diff <= tol:
+        changed = float((gap > tol).float().mean())
+        raise ExportError(
+            f"the exported graph's actions differ from the env's by {diff:.3g} on {changed:.0%} of the "
+            f"rollout (the env runs safety filters {filters or 'none'}; the graph runs "
+            f"{exported.filters.names or 'none'}): a filter is missing from the export or added to it"
+        )
+    return diff

@@ -224,12 +224,14 @@ class SignalRecord:
     """What a rollout showed the policy, three ways, row-aligned.
 
     obs: (B, D) the env's policy observation; signals: {input: (B, width)} read off the training
-    state; terms: {term: (B, dim)} the training terms on that state, scaled and clipped.
+    state; terms: {term: (B, dim)} the training terms on that state, scaled and clipped; applied:
+    (B, A) the action the env's pipeline (sanitize, safety filters) sent on for that observation.
     """
 
     obs: torch.Tensor
     signals: dict[str, torch.Tensor]
     terms: dict[str, torch.Tensor]
+    applied: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -237,7 +239,7 @@ def record_signals(
     env: Any, policy: nn.Module, graph: ObservationGraph, steps: int = 50, seed: int = 0
 ) -> SignalRecord:
     """``steps`` steps of ``env`` driven by ``policy(obs)``: (steps * N) rows of each view."""
-    obs, seen = env.reset(seed=seed), []
+    obs, seen, applied = env.reset(seed=seed), [], []
     for _ in range(steps):
         s = env.state  # the state this observation was computed from (after any auto-reset)
         seen.append(
@@ -247,11 +249,14 @@ def record_signals(
                 [v.cpu() for v in apply_terms(graph.terms, graph.post, s)],
             )
         )
-        obs = env.step(policy(obs)).obs
+        out = env.step(policy(obs))
+        applied.append(out.info["applied_action"].cpu())
+        obs = out.obs
     return SignalRecord(
         obs=torch.cat([o for o, _, _ in seen]),
         signals={k: torch.cat([sig[k] for _, sig, _ in seen]) for k in graph.inputs},
         terms={n: torch.cat([t[i] for _, _, t in seen]) for i, n in enumerate(graph.names)},
+        applied=torch.cat(applied),
     )
 
 

@@ -33,7 +33,7 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from embodied.export.graph import ExportedPolicy, ExportError
+from embodied.export.graph import ExportedPolicy, ExportError, check_pipeline
 from embodied.export.observation_graph import (
     OUTPUT_PREFIX,
     ObservationGraph,
@@ -129,6 +129,7 @@ def deploy_manifest(task_cfg: Mapping[str, Any], env: Any, policy: ExportedPolic
         "action": {"offset": _f32(policy.offset), "scale": _f32(policy.scale)},
         "observations": observations,
         "safety_filters": list(policy.filters.names),
+        "safety_params": policy.filters.params,
         "commands": commands,
         "obs_clip": float(OBS_CLIP),
     }
@@ -442,6 +443,7 @@ def export_from_env(
     gen = torch.Generator().manual_seed(seed)
     random_obs = torch.randn(256, exported.obs_dim, generator=gen)
     checks = {"recorded": (rec.signals, rec.terms), "random": (random_signals(graph, 256, seed), None)}
+    check_pipeline(exported, rec.obs, rec.applied, env.filters.names, tol)
     return export_policy(
         exported,
         out_dir,

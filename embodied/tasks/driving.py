@@ -19,7 +19,8 @@ set as the inner and outer front-wheel angles of Ackermann geometry (``ackermann
 throttle/brake ``a1`` -> rear-axle speed target ``(a1 + 1) / 2 * car.max_speed``, split between the
 two rear wheels' velocity servos by an electronic differential (``rear_wheel_speeds``); their force
 limit is the engine and the brake (-1 brakes to a stop, 0 is half speed). Traffic cars follow their
-lanes at a constant speed each: their velocity-servo controls follow the car's four.
+lanes at a constant speed each, and change lanes where ``traffic.lane_change`` says so (the schedule
+is embodied/tasks/driving_traffic.py): their velocity-servo controls follow the car's four.
 
 Reward, costs and terminations are terms in embodied/terms/driving.py (CaRL-style: route progress
 scaled by soft infractions; collisions and leaving the road end the episode). Metrics per env and
@@ -42,6 +43,7 @@ from embodied.errors import ConfigError
 from embodied.math import quat_rotate, quat_rotate_inverse, yaw_quat
 from embodied.task_env import TaskEnv
 from embodied.tasks.driving_model import DrivingModel
+from embodied.tasks.driving_traffic import TrafficSchedule, parse_lane_change
 from embodied.terms.driving import polyline_points, wrap_angle
 from sim.assets import load_model
 from sim.backend import SimBackend, SimConfigError
@@ -169,10 +171,11 @@ class DrivingEnv(DrivingModel, TaskEnv):
         self.route = torch.stack([self.route_cum + self.route_start, torch.zeros_like(self.route_cum)], -1)
         self.route_length = self.route_cum[:, self.route_waypoints - 1].clone()
         self.speed_limit = torch.full((n,), self.speed_limit_range[0], **f32)
-        nt = self.num_traffic  # each traffic car's road arc at t = 0, lane offset and speed
-        self.traffic_sigma0 = torch.zeros(n, nt, **f32)
-        self.traffic_speed = torch.zeros(n, nt, **f32)
-        self.traffic_offset = torch.zeros(n, nt, **f32)
+        nob, nt = len(self.obstacle_q), self.num_traffic
+        lanes = torch.arange(self.lanes, device=dev)
+        lane_centers = -self.road_half_width + self.lane_width * (lanes + 0.5)
+        car_half = float(self._all_box_half[nob:, 1].max()) if len(self.traffic_q) else 0.0
+        self.traffic = TrafficSchedule(n, nt, lane_centers, self.lane_change, car_half)
         # Per-episode trackers.
         self._seg = torch.zeros(n, dtype=torch.long, device=dev)
         self.best_arc = torch.zeros(n, **f32)
@@ -180,6 +183,21 @@ class DrivingEnv(DrivingModel, TaskEnv):
         self.infraction = torch.zeros(n, dtype=torch.bool, device=dev)
         self.last_action = torch.zeros(n, 2, **f32)
         super().__init__(cfg, backend, seed)
+
+    @property
+    def traffic_sigma0(self) -> torch.Tensor:
+        """(N, M) each traffic car's road arc at t = 0 (its schedule's anchor)."""
+        return self.traffic.sigma0
+
+    @property
+    def traffic_speed(self) -> torch.Tensor:
+        """(N, M) each traffic car's speed along the road, m/s (the lane it drives in)."""
+        return self.traffic.speed
+
+    @property
+    def traffic_offset(self) -> torch.Tensor:
+        """(N, M) the offset of each traffic car's lane from the road's centre line (left positive)."""
+        return self.traffic.offset
 
     def _select_active_boxes(self) -> None:
         """The boxes in use (the first ``count`` obstacles and traffic cars); the rest stay parked far
@@ -203,7 +221,7 @@ class DrivingEnv(DrivingModel, TaskEnv):
             "route": ("start", "num_waypoints", "waypoint_spacing"),
             "reset": ("lateral_noise", "yaw_noise", "speed"),
             "obstacles": ("count", "arc", "intrusion", "yaw_noise"),
-            "traffic": ("count", "arc", "speed"),
+            "traffic": ("count", "arc", "speed", "lane_change"),
         }
         b = {}
         for name, known in blocks.items():
@@ -262,6 +280,7 @@ class DrivingEnv(DrivingModel, TaskEnv):
         self.obstacle_yaw_noise = float(obst.get("yaw_noise", 0.0))
         self.traffic_arc = _range(traffic.get("arc", (15.0, 115.0)), "traffic.arc")
         self.traffic_speed_range = _range(traffic.get("speed", (7.0, 9.0)), "traffic.speed")
+        self.lane_change = parse_lane_change(traffic.get("lane_change"), self.lanes)
         self.off_road_margin = float(cfg.get("off_road_margin", 0.5))
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -344,6 +363,12 @@ class DrivingEnv(DrivingModel, TaskEnv):
         self.collided = self.collided | s.collision
         self.infraction = self.infraction | s.collision | s.off_road
         self.last_action = s.action
+        if self.num_traffic and self.lane_change.enabled:
+            nob = self.num_obstacles
+            rel = s.box_center[:, nob : nob + self.num_traffic] - s.ego_pos[:, None, :2]
+            ahead = rel[..., 0] * torch.cos(s.ego_yaw)[:, None] + rel[..., 1] * torch.sin(s.ego_yaw)[:, None]
+            t = self.episode_length.float() * self.dt
+            self.traffic.advance(t, self.dt, self.generator, ahead, s.road_offset)
 
     def _reset_state(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, dev = self.num_envs, self.device
@@ -464,15 +489,13 @@ class DrivingEnv(DrivingModel, TaskEnv):
         mask: torch.Tensor,
     ) -> None:
         """Traffic ahead of the car in random lanes, one speed per lane, so cars in a lane never meet."""
-        n, nt, m = self.num_envs, self.num_traffic, mask[:, None]
+        n, nt = self.num_envs, self.num_traffic
         sigma0 = self._stratified(*self.traffic_arc, nt, jitter=0.6)
         lane = torch.randint(self.lanes, (n, nt), generator=self.generator, device=self.device)
-        offset = -self.road_half_width + self.lane_width * (lane + 0.5)
-        speed = self._uniform(*self.traffic_speed_range, n, self.lanes).gather(1, lane)
-        self.traffic_sigma0 = torch.where(m, sigma0, self.traffic_sigma0)
-        self.traffic_offset = torch.where(m, offset, self.traffic_offset)
-        self.traffic_speed = torch.where(m, speed, self.traffic_speed)
-        p, yaw = self._lane_pose(vertices, normals, sigma0, offset)
+        lane_speed = self._uniform(*self.traffic_speed_range, n, self.lanes)
+        self.traffic.reset(mask, sigma0, lane, lane_speed)
+        speed = lane_speed.gather(1, lane)
+        p, yaw = self._lane_pose(vertices, normals, sigma0, self.traffic.lane_centers[lane])
         self._place(qpos, self.traffic_q[:nt], p - self._traffic_home, yaw)
         dof = self._traffic_dof[:nt]
         qvel[:, dof[:, 0]] = speed * torch.cos(yaw)
@@ -500,11 +523,18 @@ class DrivingEnv(DrivingModel, TaskEnv):
         return arc, lateral, torch.atan2(ab[:, 1], ab[:, 0]), seg
 
     def _lane_pose(
-        self, vertices: torch.Tensor, normals: torch.Tensor, sigma: torch.Tensor, offset: torch.Tensor
+        self,
+        vertices: torch.Tensor,
+        normals: torch.Tensor,
+        sigma: torch.Tensor,
+        offset: torch.Tensor,
+        offset_ahead: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Points (N, J, 2) at road arc ``sigma`` on lanes ``offset``, and the lane heading there (N, J)."""
+        """Points (N, J, 2) at road arc ``sigma`` on lanes ``offset``, and the heading there (N, J): towards
+        the point ``HEADING_LOOKAHEAD`` m on, at ``offset_ahead`` (default: the same lane)."""
         p = polyline_points(vertices, self.road_cum, sigma, normals, offset)
-        ahead = polyline_points(vertices, self.road_cum, sigma + HEADING_LOOKAHEAD, normals, offset) - p
+        offset_ahead = offset if offset_ahead is None else offset_ahead
+        ahead = polyline_points(vertices, self.road_cum, sigma + HEADING_LOOKAHEAD, normals, offset_ahead) - p
         return p, torch.atan2(ahead[..., 1], ahead[..., 0])
 
     @staticmethod
@@ -516,10 +546,13 @@ class DrivingEnv(DrivingModel, TaskEnv):
 
     def _traffic_command(self) -> torch.Tensor:
         """(N, M, 3) velocities that bring each traffic car onto its lane schedule by the step's end."""
-        nt = self.num_traffic
-        t_next = (self.episode_length + 1).float() * self.dt
-        sigma = self.traffic_sigma0 + self.traffic_speed * t_next[:, None]
-        target, yaw = self._lane_pose(self.road_vertices, self.road_normals, sigma, self.traffic_offset)
+        nt, sched = self.num_traffic, self.traffic
+        t_next = (self.episode_length + 1).float()[:, None] * self.dt
+        sigma, offset = sched.at(t_next)
+        ahead = None  # mid-change, a car heads for where it will be HEADING_LOOKAHEAD m on
+        if self.lane_change.enabled:
+            ahead = sched.at(t_next + HEADING_LOOKAHEAD / sched.speed.clamp(min=1.0))[1]
+        target, yaw = self._lane_pose(self.road_vertices, self.road_normals, sigma, offset, ahead)
         qpos = self.backend.state().qpos
         now = self._traffic_home + qpos.index_select(1, self._traffic_xy_cols).view(self.num_envs, nt, 2)
         vel = (target - now) / self.dt

@@ -61,7 +61,7 @@ class FilterChain(nn.Module):
     An empty chain returns the action unchanged.
     """
 
-    __jit_unused_properties__ = ["names", "exportable"]  # noqa: RUF012
+    __jit_unused_properties__ = ["names", "exportable", "params"]  # noqa: RUF012
 
     def __init__(self, filters: Sequence[SafetyFilter] = ()) -> None:
         super().__init__()
@@ -81,6 +81,11 @@ class FilterChain(nn.Module):
     @property
     def exportable(self) -> bool:
         return all(f.exportable for f in self.filters)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Each filter's parameters as it was built ({} for one built by hand)."""
+        return {f.name: dict(getattr(f, "params", {}) or {}) for f in self.filters}
 
     def forward(
         self, obs: torch.Tensor, action: torch.Tensor

@@ -17,6 +17,7 @@ from embodied.errors import ConfigError
 from embodied.registry import CONFIG_DIR, config_dirs, describe_tasks, load_plugins, task_names
 from embodied.workflow import load_policy, load_run
 from sim.backend import SimConfigError
+from world_models.errors import WorldModelError
 
 USAGE = """usage: embodied <command> [key=value ...]
   train   [task=go2_velocity sim=mujoco algo=ppo policy=mlp safety.filters=[...] key=value ...]
@@ -33,6 +34,15 @@ USAGE = """usage: embodied <command> [key=value ...]
   compare <run dirs or globs> [metrics=[a,b]] [out=<dir>]   mean/spread curves per config over seeds
           (compare.png) and final figures with 95% t-intervals (compare.md)
   tasks   list the registered tasks
+  vlm-check task=<task> reward=vlm reward.model=<dir> [reward.check_run=<teacher run>] [<override> ...]
+          the VLM reward's sanity gate: ROC AUC success vs failure, Spearman with progress, correlation
+          with the task reward; exit 2 below reward.min_auc (training runs it first)
+  wm-train run=<run dir> [world_model.<key>=<value> ...]   fits the world model (configs/world_model)
+          on the run's replay/ (train with replay.enabled=true); writes <run>/world_model/model.pt
+  imagine run=<run dir> [futures=8] [horizon=50] [seed=0] [num_envs=4] [camera=<name or id>]
+          the real rollout beside K imagined futures drawn as ghosts: <run>/world_model/futures.mp4, .png
+  fit-actuator data=<log.csv|.parquet> model=dc_motor|mlp [out=<path>] [torque_constant=<N m/A>]
+          fits an actuator model to a robot log (docs/actuator_log.md); use it with task.actuator.path
 Plugins: EMBODIED_PLUGINS=mod1,mod2 imports modules that register algorithms, policies, filters or
 terms; EMBODIED_CONFIG_PATH=dir1:dir2 adds config directories (algo/, policy/, task/, ...)."""
 
@@ -219,6 +229,11 @@ def _train(args: list[str], cfg: DictConfig | None = None) -> int:
         torch.manual_seed(rank_seed)
         env = build_env(cfg, num_envs=num_envs, seed=rank_seed)
     alg = build_algo(cfg, env, build_policy(cfg, env))
+    vlm_check = None
+    if not resume and main_rank:  # a VLM reward is checked before training spends on it
+        from embodied.rewards.check import gate
+
+        vlm_check = gate(cfg)
     observers = []
     replay = cfg.get("replay") or {}
     if replay.get("enabled", False) and main_rank:  # with several ranks: rank 0's transitions
@@ -238,6 +253,9 @@ def _train(args: list[str], cfg: DictConfig | None = None) -> int:
     if not resume and main_rank:  # written once the config has built: a rejected config leaves no run
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if vlm_check is not None:
+            (run_dir / "vlm").mkdir(exist_ok=True)
+            (run_dir / "vlm" / "check.json").write_text(json.dumps(vlm_check, indent=2))
     start_it, start_steps = 0, 0
     if resume:
         path = latest_checkpoint(run_dir)
@@ -374,6 +392,10 @@ def cmd_sim2sim(args: list[str]) -> int:
     r = sim2sim(
         run_dir, target=o["target"], preset_name=o["perturb"], episodes=o["episodes"] or None, seed=o["seed"]
     )
+    if "summary" in r:  # an arm or car task: success / route completion (embodied/sim2sim_tasks.py)
+        print(r["summary"])
+        print(f"{r['verdict']} (needs {r['needs']}); see {r['out_dir']}")
+        return 0 if r["verdict"] == "PASS" else 1
     print(
         f"sim2sim {r['target_engine']} perturb={r['preset']}: {r['episodes']} episodes, falls {r['falls']} "
         f"(training engine {r['training_engine_falls']}), tracking error {r['tracking_error']:.3f} m/s vs "
@@ -454,7 +476,18 @@ COMMANDS = {
     "compare": cmd_compare,
     "safety-eval": cmd_safety_eval,
     "tasks": cmd_tasks,
+    "vlm-check": lambda args: _lazy("embodied.cli_models", "cmd_vlm_check", args),
+    "wm-train": lambda args: _lazy("embodied.cli_models", "cmd_wm_train", args),
+    "imagine": lambda args: _lazy("embodied.cli_models", "cmd_imagine", args),
+    "fit-actuator": lambda args: _lazy("embodied.actuator_cli", "cmd_fit_actuator", args),
 }
+
+
+def _lazy(module: str, name: str, args: list[str]) -> int:
+    """Commands kept in their own modules, imported when called (their dependencies are heavy)."""
+    import importlib
+
+    return getattr(importlib.import_module(module), name)(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -470,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_plugins()
         return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, SimConfigError) as e:
+    except (ConfigError, SimConfigError, WorldModelError) as e:
         print(f"error: {e}", file=sys.stderr)
     except (HydraException, OmegaConfBaseException) as e:
         print("error: " + " ".join(line.strip() for line in str(e).strip().splitlines()[:2]), file=sys.stderr)

@@ -158,6 +158,19 @@ def make_env(
             physics_dt=plain.get("physics_dt"),
             options=sim_options,
         )
+        _set_actuator(backend, engine, plain.get("actuator"))
     except SimConfigError as e:
         raise ConfigError(str(e)) from None
     return FAMILIES[family](plain, backend, seed)
+
+
+def _set_actuator(backend: Any, engine: str, cfg: Any) -> None:
+    """The task's ``actuator`` model (sim/actuators.py); without one the model's own servos run."""
+    from sim.actuators import parse_actuator
+
+    spec = parse_actuator(cfg)
+    if hasattr(backend, "set_actuator"):
+        backend.set_actuator(spec)
+    elif spec != {"model": "ideal_pd"}:
+        backend.close()
+        raise SimConfigError(f"the {engine} engine runs only the ideal_pd actuator, got {spec['model']}")

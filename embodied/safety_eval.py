@@ -206,7 +206,7 @@ def safety_eval(
     """
     from embodied.checkpoint import latest_checkpoint
     from embodied.safety_report import write_report
-    from embodied.workflow import build_env, build_filters, load_policy, set_threads
+    from embodied.workflow import bind_policy, build_env, build_filters, load_policy, set_threads
 
     run_dir, params = Path(run_dir), {k: dict(v) for k, v in (params or {}).items()}
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
@@ -253,6 +253,8 @@ def safety_eval(
             critic = train_critic(make_env, policy, run_dir / "safety" / "critic.pt", options)
             params["critic"] = {**params.get("critic", {}), "path": critic["path"]}
     filters = {s: build_filters(setting_config(cfg, names, params), env) for s, names in chains.items()}
+    for chain in filters.values():  # filters that imagine the policy's next steps (predictive)
+        bind_policy(chain, policy)
     per_seed: dict[str, list[dict[str, float | None]]] = {s: [] for s in settings}
     filtered = [s for s in settings if chains[s]]
     target = (filtered or list(settings))[-1]  # the setting whose worst episode goes on video

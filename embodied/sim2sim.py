@@ -220,6 +220,11 @@ def sim2sim(
     run_cfg = OmegaConf.load(run_dir / "config.yaml")
     episodes = int(episodes or s2s["episodes"])
     out_dir = run_dir / "sim2sim" / f"{target}_{preset_name}"
+    if str(run_cfg.task.get("family")) in ("manipulation", "driving"):
+        from embodied.sim2sim_tasks import sim2sim_task
+
+        perts = episode_perturbations(presets[preset_name] or {}, episodes, seed)
+        return sim2sim_task(run_dir, run_cfg, s2s, preset_name, perts, seed=seed, out_dir=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     want_video = s2s.get("video", True) if video is None else video
     tgt = run_target(

@@ -27,7 +27,14 @@ from embodied.terms.namespaces import family_terms
 from policies.safety import FilterChain
 from policies.spec import ObsSpec, TensorSpec
 from sim.backend import SimBackend, SimConfigError
-from sim.randomize import RANGES, PhysicsParams, check_config, sample_physics
+from sim.randomize import (
+    ACTUATOR_DELAY,
+    ACTUATOR_RANGES,
+    RANGES,
+    PhysicsParams,
+    check_config,
+    sample_physics,
+)
 
 OBS_CLIP = 100.0
 
@@ -205,6 +212,10 @@ class TaskEnv:
         self._advance(s)
 
         reward = weighted_sum(self.rewards, s, self.num_envs, self.device, self.dt, log, "log/reward")
+        for t in self.rewards:  # model-backed terms report what they scored (a VLM's similarities)
+            extra = getattr(t.fn, "extra_logs", None) if t.stateful else None
+            if extra is not None:
+                log.update({f"log/{k}": v for k, v in extra().items()})
         if correction is not None and self.intervention_penalty > 0.0:
             penalty = -self.intervention_penalty * self.dt * correction
             log["log/reward/safety_intervention"] = penalty.mean()
@@ -248,6 +259,13 @@ class TaskEnv:
         """(n, 3, H, W) uint8 frames of the chosen envs from ``camera`` (default: the task's)."""
         return self.backend.render(env_ids, width, height, self.camera if camera is None else camera)
 
+    def robot_qpos_columns(self) -> torch.Tensor:
+        """(q,) long: the qpos columns that draw the robot (the ``robot_qpos`` observation term).
+
+        Every column by default; a task whose scene holds more than the robot names its own.
+        """
+        return torch.arange(self.backend.info.nq, device=self.device)
+
     def obs_layout(self, group: str = "policy") -> list[dict[str, Any]]:
         """Each observation term of a group in order: name, dim, scale, clip (for export/deploy)."""
         return [
@@ -288,7 +306,8 @@ class TaskEnv:
             raise ConfigError(str(e)) from None
         self.rand_cfg = r
         n, dev = self.num_envs, self.device
-        self._randomize_physics = any(k in r for k in (*RANGES, "com_offset"))
+        physics_keys = (*RANGES, *ACTUATOR_RANGES, ACTUATOR_DELAY, "com_offset")
+        self._randomize_physics = any(k in r for k in physics_keys)
         if self._randomize_physics and not hasattr(self.backend, "set_physics"):
             raise ConfigError(f"the {type(self.backend).__name__} cannot randomize physics (no set_physics)")
         self.physics = PhysicsParams.nominal(
@@ -320,7 +339,7 @@ class TaskEnv:
                 m = mask.view(-1, *([1] * (cur.dim() - 1)))
                 setattr(self.physics, name, torch.where(m, fresh, cur))
             self.backend.set_physics(mask, self.physics)
-            self._dr_log = {f"log/dr/{k}": v for k, v in self.physics.means().items()}
+            self._dr_log = {f"log/dr/{k}": v for k, v in self.physics.configured_means(self.rand_cfg).items()}
         lo, hi = self.latency_range
         if hi > 0:
             lat = torch.randint(lo, hi + 1, (n,), generator=g, device=dev)

@@ -20,6 +20,8 @@ from embodied.registry import make_env
 from policies.registry import build_policy as build_registered_policy
 from policies.safety import FilterChain, FilterError, build_chain
 from policies.spec import spec_to_dict
+from world_models import planner_policy  # noqa: F401  (registers policy=planner, algo=mppi's)
+from world_models.filter import bind_policy  # also registers the predictive filter
 
 
 def set_threads(cfg: DictConfig) -> None:
@@ -69,6 +71,13 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = N
         seed=int(cfg.seed if seed is None else seed),
         sim_options=sim,
     )
+    reward = cfg.get("reward")
+    if reward is not None and str(reward.get("name", "none")) != "none":
+        from embodied.rewards.vlm import add_vlm_reward
+
+        if str(reward.name) != "vlm":
+            raise ConfigError(f"unknown reward {reward.name!r}; known: none, vlm")
+        add_vlm_reward(env, OmegaConf.to_container(reward, resolve=True))
     chain = build_filters(cfg, env)
     if len(chain):
         penalty = cfg.safety.get("intervention_penalty", 0.0)
@@ -91,6 +100,7 @@ def build_policy(cfg: DictConfig, env: BatchedEnv) -> nn.Module:
 def build_algo(cfg: DictConfig, env: BatchedEnv, policy: nn.Module) -> Algorithm:
     """The registered algorithm ``algo.name`` training ``policy`` on ``env``."""
     a: dict[str, Any] = OmegaConf.to_container(cfg.algo, resolve=True)
+    bind_policy(getattr(env, "filters", None), policy)  # filters that imagine the policy's next steps
     return build_algorithm(str(a.pop("name", "ppo")), a, policy, env)
 
 

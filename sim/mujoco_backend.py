@@ -4,6 +4,12 @@ Layout of one control step: the (N, nu) PD targets are copied once into a float6
 ``rollout`` reads, the thread pool steps every env ``decimation`` physics steps with the GIL
 released, and the last physics state is read back as torch views of the same memory. There is
 no per-env Python work; the only Python cost is O(1) per control step.
+
+Actuator models (sim/actuators.py): with none set (``ideal_pd``) the MJCF position servos run as
+written. ``delay`` stays in the native step: ``rollout`` takes one control per physics step, so
+the delayed targets are handed over as an (N, decimation, nu) sequence. The torque models
+(``dc_motor``, ``mlp``) turn the actuators into plain torque motors and run ``decimation``
+one-step rollouts with the torque computed in torch between them.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import numpy as np
 import torch
 from mujoco import rollout
 
+from sim.actuators import Actuator
 from sim.assets import load_model
 from sim.backend import check_backend_args
 from sim.model_info import ModelInfo, sensor_slice
@@ -99,15 +106,73 @@ class MujocoBackend:
         self._chunk_divisor = 4
         # One batched renderer per (width, height, camera), made on the first render() call.
         self._renderers = RendererCache(self.model)
+        self.actuator: Actuator | None = None
         self._publish()
+
+    def set_actuator(self, cfg: dict | str | None) -> None:
+        """Use an actuator model (sim/actuators.py) instead of the MJCF servos; call before set_physics.
+
+        ``ideal_pd`` without delay keeps the native servos untouched (the default).
+        """
+        act = self._make_actuator(cfg or {"model": "ideal_pd"})
+        if act.model == "ideal_pd" and not act.delayed:
+            self.actuator = None
+            return
+        if self._nominal is not None:
+            raise ValueError("set_actuator must come before set_physics")
+        self.actuator = act
+        if act.torque_mode:
+            self._torque_motors()
+
+    def _make_actuator(self, cfg: dict | str) -> Actuator:
+        info = self.info
+        return Actuator(
+            cfg,
+            num_envs=self.num_envs,
+            kp=torch.from_numpy(info.kp),
+            kd=torch.from_numpy(info.kd),
+            effort=torch.from_numpy(info.force_range[:, 1].copy()),
+            ctrl_range=torch.from_numpy(info.ctrl_range),
+            physics_dt=self.physics_dt,
+            decimation=self.decimation,
+        )
+
+    def _torque_motors(self) -> None:
+        """Plain motors: ctrl is the joint torque, limited by the actuator model."""
+        info = self.info
+        m = self.model
+        m.actuator_gaintype[:] = mujoco.mjtGain.mjGAIN_FIXED
+        m.actuator_gainprm[:, :] = 0.0
+        m.actuator_gainprm[:, 0] = 1.0
+        m.actuator_biastype[:] = mujoco.mjtBias.mjBIAS_NONE
+        m.actuator_biasprm[:, :] = 0.0
+        m.actuator_ctrllimited[:] = 0
+        m.actuator_forcelimited[:] = 0
+        cols = torch.as_tensor(info.qpos_adr, dtype=torch.long)
+        self._act_q = cols + self._qpos_sl.start
+        self._act_qd = torch.as_tensor(info.dof_adr, dtype=torch.long) + self._qvel_sl.start
+        self._ctrl1_np = np.zeros((self.num_envs, 1, m.nu))
+        self._out1_np = np.zeros((self.num_envs, 1, self._state_np.shape[1]))
+        self._sens1_np = np.zeros((self.num_envs, 1, m.nsensordata))
+        self._ctrl1 = torch.from_numpy(self._ctrl1_np)
+        self._out1 = torch.from_numpy(self._out1_np)
+        self._sens1 = torch.from_numpy(self._sens1_np)
 
     # -- contract ---------------------------------------------------------------------------
     def step(self, ctrl: torch.Tensor) -> torch.Tensor:
         """Hold ctrl (N, nu) for ``decimation`` physics steps. Returns (N,) bool: blew up."""
         if ctrl.shape != (self.num_envs, self.nu):
             raise ValueError(f"ctrl must be {(self.num_envs, self.nu)}, got {tuple(ctrl.shape)}")
-        self._ctrl.copy_(ctrl.detach().to("cpu", torch.float64).unsqueeze(1).expand_as(self._ctrl))
         t_expected = self._state[:, 0] + self.decimation * self.physics_dt
+        act = self.actuator
+        if act is None:
+            self._ctrl.copy_(ctrl.detach().to("cpu", torch.float64).unsqueeze(1).expand_as(self._ctrl))
+        else:
+            targets = act.targets(ctrl.detach().to("cpu", torch.float64))
+            if act.torque_mode:
+                self._step_torque(act, targets)
+                return self._finish(self._state, t_expected)
+            self._ctrl.copy_(targets)
         self._pool.rollout(
             self._models,
             self._datas,
@@ -122,6 +187,28 @@ class MujocoBackend:
         last = self._out_state[:, -1]
         self._state.copy_(last)
         self._sens.copy_(self._out_sens[:, -1])
+        return self._finish(last, t_expected)
+
+    def _step_torque(self, act: Actuator, targets: torch.Tensor) -> None:
+        """``decimation`` one-step rollouts, each with the torque the actuator model gives."""
+        for k in range(self.decimation):
+            st = self._state
+            self._ctrl1[:, 0] = act.torque(targets[:, k], st[:, self._act_q], st[:, self._act_qd])
+            self._pool.rollout(
+                self._models,
+                self._datas,
+                self._state_np,
+                self._ctrl1_np,
+                skip_checks=True,
+                nstep=1,
+                state=self._out1_np,
+                sensordata=self._sens1_np,
+                chunk_size=self._chunk_divisor,
+            )
+            self._state.copy_(self._out1[:, 0])
+        self._sens.copy_(self._sens1[:, 0])
+
+    def _finish(self, last: torch.Tensor, t_expected: torch.Tensor) -> torch.Tensor:
         # MuJoCo resets an env whose qpos/qvel/qacc went non-finite or huge (and warns); its
         # clock then restarts, which is how a blow-up is seen here without per-env Python.
         unstable = (last[:, 0] - t_expected).abs() > 0.5 * self.physics_dt
@@ -137,6 +224,8 @@ class MujocoBackend:
         st[:, 0] = torch.where(m[:, 0], 0.0, st[:, 0])
         # Sensors of a freshly reset env are unknown until it is stepped: zeros, not stale values.
         self._sens.masked_fill_(m, 0.0)
+        if self.actuator is not None:
+            self.actuator.reset(mask.to("cpu"))
         self.set_state(mask, qpos, qvel)
 
     def set_state(self, mask: torch.Tensor, qpos: torch.Tensor, qvel: torch.Tensor) -> None:
@@ -166,6 +255,12 @@ class MujocoBackend:
             }
             self._models = [copy.copy(m) for _ in range(self.num_envs)]
         nom = self._nominal
+        if self.actuator is None and bool((params.actuator_delay > 0).any()):
+            self.actuator = self._make_actuator({"model": "ideal_pd"})  # the servos, delayed per env
+        act = self.actuator
+        if act is not None:
+            act.randomize(mask.to("cpu"), params)
+        torque_mode = act is not None and act.torque_mode  # kp, kd and limits live in the actuator
         servo = self.info.kp > 0
         base = int(self.model.jnt_bodyid[0]) if self.info.floating_base else -1
         idx = mask.to("cpu").nonzero().flatten()
@@ -180,6 +275,8 @@ class MujocoBackend:
             m.body_inertia[:] = nom["inertia"] * p["mass_scale"][j][:, None]
             if base >= 0:
                 m.body_ipos[base] = nom["ipos"][base] + p["com_offset"][j]
+            if torque_mode:
+                continue
             kp, kd = nom["kp"] * p["kp_scale"][j], nom["kd"] * p["kd_scale"][j]
             m.actuator_gainprm[servo, 0] = kp[servo]
             m.actuator_biasprm[servo, 1] = -kp[servo]

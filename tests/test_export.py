@@ -96,7 +96,7 @@ SCHEMA_KEYS = {
     "observation": {"onnx", "onnx_sha256", "inputs"},
     "joints": {"names", "default_positions", "kp", "kd", "torque_limits", "position_limits"},
     "control": {"dt", "physics_dt", "decimation"},
-    "action": {"offset", "scale"},
+    "action": {"mode", "offset", "scale"},
 }
 
 

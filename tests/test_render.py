@@ -52,7 +52,7 @@ def test_rgb_obs_has_shape_dtype_device_when_enabled():
     assert env.rgb_shape == (3, 24, 32)
     assert obs["rgb"].shape == (3, 3, 24, 32) and obs["rgb"].dtype == torch.uint8
     assert obs["rgb"].device == env.device
-    assert set(env.obs_spec) == {"policy", "critic", "rgb"}
+    assert set(env.obs_spec) == {"policy", "critic", "draw", "rgb"}
     assert env.obs_spec["rgb"].shape == (3, 24, 32) and env.obs_spec["rgb"].dtype == torch.uint8
     out = env.step(torch.zeros(3, env.action_dim))
     assert out.obs["rgb"].shape == (3, 3, 24, 32)

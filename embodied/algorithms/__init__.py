@@ -46,5 +46,19 @@ def _ppo_lagrangian(cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> Algo
     return PPOLagrangian.from_config(cfg, policy, env)
 
 
+def _dyna_ppo(cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> Algorithm:
+    from embodied.algorithms.dyna_ppo import DynaPPO
+
+    return DynaPPO.from_config(cfg, policy, env)
+
+
+def _mppi(cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> Algorithm:
+    from embodied.algorithms.mppi import MPPI
+
+    return MPPI.from_config(cfg, policy, env)
+
+
 register_algorithm("ppo", _ppo)
 register_algorithm("ppo_lagrangian", _ppo_lagrangian)
+register_algorithm("mppi", _mppi)
+register_algorithm("dyna_ppo", _dyna_ppo)

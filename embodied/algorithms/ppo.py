@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -13,7 +13,7 @@ from torch import nn
 from embodied.algorithms.base import LocalSync
 from embodied.env import Obs, StepOut
 from embodied.errors import ConfigError
-from embodied.rollout import RolloutStorage, compute_gae
+from embodied.rollout import MiniBatch, RolloutStorage, compute_gae
 from policies.distributions import gaussian_kl
 from policies.spec import TensorSpec
 
@@ -233,6 +233,10 @@ class PPO:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def mini_batches(self) -> Iterator[MiniBatch]:
+        """The minibatches one update trains on: epochs x minibatches of the stored rollout."""
+        return self.storage.mini_batch_generator(self.cfg.num_mini_batches, self.cfg.num_learning_epochs)
+
     def update(self) -> dict[str, float]:
         """Run the epochs x minibatches of gradient steps on the stored rollout, then clear it.
 
@@ -242,7 +246,7 @@ class PPO:
         cfg, ac = self.cfg, self.actor_critic
         sums = {"loss/value": 0.0, "loss/surrogate": 0.0, "loss/entropy": 0.0, "policy/kl": 0.0}
         num_updates = 0
-        for batch in self.storage.mini_batch_generator(cfg.num_mini_batches, cfg.num_learning_epochs):
+        for batch in self.mini_batches():
             ac.update_distribution(batch.obs)
             log_prob = ac.get_actions_log_prob(batch.actions)
             values = ac.evaluate(batch.obs)

@@ -15,9 +15,10 @@ from embodied.errors import ConfigError
 
 SCHEMA_VERSION = 2
 JOINT_WIDE = "num_joints"
+ACTION_WIDE = "action_dim"
 # The robot signals observation.onnx may take as inputs, with their width (JOINT_WIDE: one per
-# joint, in policy joint order). The export side (embodied.export.observation_graph) maps each to
-# the training-state fields the observation terms read.
+# joint, in policy joint order; ACTION_WIDE: one per policy action). The export side
+# (embodied.export.observation_graph) maps each to the training-state fields the terms read.
 SIGNALS: dict[str, int | str] = {
     "base_lin_vel": 3,  # base frame, m/s, from a state estimator
     "imu_gyro": 3,  # base angular velocity, base frame, rad/s
@@ -25,10 +26,21 @@ SIGNALS: dict[str, int | str] = {
     "command": 3,  # vx, vy, yaw rate
     "joint_pos": JOINT_WIDE,  # rad
     "joint_vel": JOINT_WIDE,  # rad/s
-    "last_action": JOINT_WIDE,  # the previous `actions` output of policy.onnx (zeros at start)
+    "last_action": ACTION_WIDE,  # the previous `actions` output of policy.onnx (zeros at start)
+    "ee_pos": 3,  # end-effector position in the action frame, m (the arm's forward kinematics)
+    "goal_pos": 3,  # the task's target point in the action frame, m (the arm's command)
 }
+# A term no raw signal gives (a car's lane error, route waypoints, range rays) is handed over by
+# the robot's perception stack, unscaled, as input "perception/<term>" of the term's width.
+PERCEPTION_PREFIX = "perception/"
 OBS_OUTPUT_PREFIX = "obs/"  # observation.onnx names the output of term <name> "obs/<name>"
 COMMAND_KEYS = ("lin_vel_x", "lin_vel_y", "ang_vel_yaw")
+# action.mode -> the policy.onnx output holding what the robot is sent (docs/deploy_schema.md).
+ACTION_MODES = {
+    "joint_position": "joint_targets",  # PD position targets, rad, joints.names order
+    "ee_delta": "ee_delta",  # end-effector displacement per control step, in action.frame
+    "car_controls": "car_controls",  # (steering angle rad, left +; speed m/s)
+}
 
 
 class DeployError(ConfigError):
@@ -93,6 +105,13 @@ class ControlSpec:
 class ActionSpec:
     offset: tuple[float, ...]
     scale: tuple[float, ...]
+    mode: str = "joint_position"  # a key of ACTION_MODES
+    params: dict[str, Any] = field(default_factory=dict)  # the mode's own keys (frame, limits, ...)
+
+    @property
+    def output(self) -> str:
+        """The policy.onnx output that holds what the robot is sent in this mode."""
+        return ACTION_MODES[self.mode]
 
 
 @dataclass(frozen=True)
@@ -122,6 +141,10 @@ class Manifest:
     @property
     def num_joints(self) -> int:
         return len(self.joints.names)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action.offset)
 
     @property
     def obs_dim(self) -> int:
@@ -218,8 +241,12 @@ def load_manifest(path: str | Path) -> Manifest:
     version = r.get("schema_version")
     if version != SCHEMA_VERSION:
         raise r.fail(f"unknown deploy.yaml schema_version {version}; this runner reads {SCHEMA_VERSION}")
-    joints = _joints(r)
+    mode = r.get("action.mode", required=False) or "joint_position"
+    if mode not in ACTION_MODES:
+        raise r.fail(f"unknown action.mode {mode!r}; this runner knows {', '.join(ACTION_MODES)}")
+    joints = _joints(r) if mode != "car_controls" or r.get("joints", required=False) else _NO_JOINTS
     n = len(joints.names)
+    a = _action_dim(r, mode, n)
     control = ControlSpec(
         dt=r.num("control.dt", positive=True),
         physics_dt=r.num("control.physics_dt", positive=True),
@@ -233,13 +260,18 @@ def load_manifest(path: str | Path) -> Manifest:
         path=path,
         schema_version=version,
         task=r.text("task"),
-        policy=_policy(r, n),
-        observation=_observation_graph(r, n),
+        policy=_policy(r, a, ACTION_MODES[mode]),
+        observation=_observation_graph(r, n, a),
         joints=joints,
         control=control,
-        action=ActionSpec(offset=r.nums("action.offset", n), scale=r.nums("action.scale", n)),
+        action=ActionSpec(
+            offset=r.nums("action.offset", a, what="the policy's actions"),
+            scale=r.nums("action.scale", a, what="the policy's actions"),
+            mode=mode,
+            params={k: v for k, v in r.get("action").items() if k not in ("offset", "scale", "mode")},
+        ),
         observations=_observations(r, n),
-        commands={k: r.pair(f"commands.{k}") for k in COMMAND_KEYS},
+        commands=_commands(r, mode),
         obs_clip=r.num("obs_clip", positive=True, nullable=True),
         safety_filters=_names(r, "safety_filters"),
         safety_params=_safety_params(r),
@@ -249,9 +281,38 @@ def load_manifest(path: str | Path) -> Manifest:
         raise r.fail(
             f"observation terms sum to {m.obs_dim} ({widths}) but policy.input.dim is {m.policy.input_dim}"
         )
+    for name, width in m.observation.inputs.items():
+        term = name[len(PERCEPTION_PREFIX) :]
+        if name.startswith(PERCEPTION_PREFIX) and not any(
+            t.name == term and t.dim == width for t in m.observations
+        ):
+            raise r.fail(f"observation.inputs.{name}: no observation term {term!r} of dim {width}")
     _check_hash(r, "policy.onnx", m.onnx_path, m.policy.onnx_sha256)
     _check_hash(r, "observation.onnx", m.observation_path, m.observation.onnx_sha256)
     return m
+
+
+_NO_JOINTS = JointsSpec((), (), (), (), (), ())
+
+
+def _commands(r: _Reader, mode: str) -> dict[str, tuple[float, float]]:
+    """Velocity-command ranges: required for a legged robot, whatever ranges a task has otherwise."""
+    if mode == "joint_position":
+        return {k: r.pair(f"commands.{k}") for k in COMMAND_KEYS}
+    node = r.get("commands", required=False) or {}
+    if not isinstance(node, dict):
+        raise r.fail(f"commands must be a mapping of ranges, got {node!r}")
+    return {str(k): r.pair(f"commands.{k}") for k in node}
+
+
+def _action_dim(r: _Reader, mode: str, n: int) -> int:
+    """The policy's action width: one per joint in joint_position mode, else action.offset's length."""
+    if mode == "joint_position":
+        return n
+    offset = r.get("action.offset")
+    if not isinstance(offset, list) or not offset:
+        raise r.fail(f"action.offset must be a non-empty list of numbers, got {offset!r}")
+    return len(offset)
 
 
 def _joints(r: _Reader) -> JointsSpec:
@@ -275,23 +336,25 @@ def _joints(r: _Reader) -> JointsSpec:
     )
 
 
-def _policy(r: _Reader, n: int) -> PolicySpec:
-    dims = {k: r.integer(f"policy.outputs.{k}.dim") for k in ("joint_targets", "actions")}
+def _policy(r: _Reader, n: int, output: str = "joint_targets") -> PolicySpec:
+    """``n``: the action width; ``output``: the action mode's output name."""
+    dims = {k: r.integer(f"policy.outputs.{k}.dim") for k in (output, "actions")}
     for k, dim in dims.items():
         if dim != n:
-            raise r.fail(f"policy.outputs.{k}.dim is {dim} but joints.names has {n} joints")
+            what = "joints.names has" if output == "joint_targets" else "action.offset has"
+            raise r.fail(f"policy.outputs.{k}.dim is {dim} but {what} {n} entries")
     return PolicySpec(
         onnx=r.text("policy.onnx"),
         onnx_sha256=r.text("policy.onnx_sha256").lower(),
         torchscript=r.text("policy.torchscript", required=False),  # the robot side reads only the ONNX file
         input_name=r.text("policy.input.name"),
         input_dim=r.integer("policy.input.dim"),
-        joint_targets_dim=dims["joint_targets"],
+        joint_targets_dim=dims[output],
         actions_dim=dims["actions"],
     )
 
 
-def _observation_graph(r: _Reader, n: int) -> ObservationGraphSpec:
+def _observation_graph(r: _Reader, n: int, a: int | None = None) -> ObservationGraphSpec:
     if r.get("observation", required=False) is None:
         raise r.fail(
             "missing required key 'observation' (observation.onnx computes the policy observation); "
@@ -301,10 +364,13 @@ def _observation_graph(r: _Reader, n: int) -> ObservationGraphSpec:
     if not isinstance(inputs, dict) or not inputs:
         raise r.fail(f"observation.inputs must be a mapping of robot signals to widths, got {inputs!r}")
     for name in inputs:
+        if name.startswith(PERCEPTION_PREFIX):
+            r.integer(f"observation.inputs.{name}")  # its width is checked against the term's dim
+            continue
         if name not in SIGNALS:
             raise r.fail(f"observation.inputs: unknown robot signal {name!r}; known: {', '.join(SIGNALS)}")
         width = r.integer(f"observation.inputs.{name}")
-        want = n if SIGNALS[name] == JOINT_WIDE else SIGNALS[name]
+        want = signal_width(name, n, n if a is None else a)
         if width != want:
             raise r.fail(f"observation.inputs.{name} is {width}, expected {want}")
     return ObservationGraphSpec(
@@ -312,6 +378,12 @@ def _observation_graph(r: _Reader, n: int) -> ObservationGraphSpec:
         onnx_sha256=r.text("observation.onnx_sha256").lower(),
         inputs={str(k): int(v) for k, v in inputs.items()},
     )
+
+
+def signal_width(name: str, num_joints: int, action_dim: int) -> int:
+    """Width of a robot signal of SIGNALS for a robot of ``num_joints`` and a policy of ``action_dim``."""
+    w = SIGNALS[name]
+    return num_joints if w == JOINT_WIDE else action_dim if w == ACTION_WIDE else int(w)
 
 
 def _observations(r: _Reader, n: int) -> tuple[ObsTerm, ...]:

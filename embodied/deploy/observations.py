@@ -15,7 +15,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from embodied.deploy.manifest import JOINT_WIDE, OBS_OUTPUT_PREFIX, SIGNALS, DeployError, Manifest
+from embodied.deploy.manifest import (
+    OBS_OUTPUT_PREFIX,
+    PERCEPTION_PREFIX,
+    SIGNALS,
+    DeployError,
+    Manifest,
+    signal_width,
+)
 from embodied.deploy.robot import RobotReading
 from embodied.deploy.session import load_session
 
@@ -58,9 +65,12 @@ class ObservationBuilder:
         m, path = self.manifest, self.manifest.observation_path
         inputs = {}
         for i in self.session.get_inputs():
-            if i.name not in SIGNALS:
+            if i.name.startswith(PERCEPTION_PREFIX) and i.name in m.observation.inputs:
+                want = m.observation.inputs[i.name]
+            elif i.name not in SIGNALS:
                 raise DeployError(f"{path}: input {i.name!r} is not a robot signal ({', '.join(SIGNALS)})")
-            want = self.num_joints if SIGNALS[i.name] == JOINT_WIDE else SIGNALS[i.name]
+            else:
+                want = signal_width(i.name, self.num_joints, m.action_dim)
             if i.type != "tensor(float)" or len(i.shape) != 2 or i.shape[1] != want:
                 raise DeployError(
                     f"{path}: input {i.name!r} is {i.type} {list(i.shape)}; expected tensor(float) "
@@ -101,9 +111,32 @@ class ObservationBuilder:
             "imu_gyro": lambda: _vector(reading.imu_gyro, 3, "reading.imu_gyro"),
             "base_lin_vel": lambda: self._lin_vel(reading.base_lin_vel),
             "command": lambda: _vector(command, 3, "command"),
-            "last_action": lambda: _vector(last_action, j, "last_action"),
+            "last_action": lambda: _vector(last_action, self.manifest.action_dim, "last_action"),
         }
         return {name: values[name]().astype(np.float32)[None] for name in self.inputs}
+
+    def signals_of(
+        self, given: dict[str, np.ndarray], command: np.ndarray | None, last_action: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The graph's inputs, each (1, width) float32, from a robot's named signals (arm, car).
+
+        ``given``: what the robot measures or perceives ({signal: (width,)}, policy joint order);
+        ``command`` is the task's command (an arm's goal point, as signal ``goal_pos``).
+        """
+        out = {}
+        for name, width in self.inputs.items():
+            if name == "last_action":
+                value = last_action
+            elif name == "goal_pos":
+                value = command
+            elif name in given:
+                value = given[name]
+            else:
+                raise DeployError(
+                    f"the policy observation needs robot signal {name!r}, which the robot does not give"
+                )
+            out[name] = _vector(value, width, name).astype(np.float32)[None]
+        return out
 
     @staticmethod
     def _quat(q: object) -> np.ndarray:
@@ -132,7 +165,11 @@ class ObservationBuilder:
 
     def build(self, reading: RobotReading, command: np.ndarray, last_action: np.ndarray) -> np.ndarray:
         """Observation (D,) float32 from a reading in policy joint order, command (3,), last action (A,)."""
-        values = [v[0] for v in self.terms_of(self.signals(reading, command, last_action))]
+        return self.stack(self.signals(reading, command, last_action))
+
+    def stack(self, signals: dict[str, np.ndarray]) -> np.ndarray:
+        """Observation (D,) float32 from the graph's inputs: terms, histories, clip."""
+        values = [v[0] for v in self.terms_of(signals)]
         bad = [t.name for t, v in zip(self.terms, values, strict=True) if not np.all(np.isfinite(v))]
         if bad:  # checked before any history takes the value in
             raise DeployError(f"observation terms {bad} are not finite for this reading")

@@ -36,3 +36,27 @@ class RobotInterface(Protocol):
     def advance(self) -> None:
         """Let one control period pass: sleep until the next tick (real) or step the physics (sim)."""
         ...
+
+
+@runtime_checkable
+class SignalRobot(Protocol):
+    """A robot driven in the ee_delta or car_controls action mode (docs/deploy_schema.md).
+
+    It names its signals (``joint_pos``, ``joint_vel``, ``ee_pos``, ``perception/<term>``, ...)
+    and runs the mode's controller itself: an IK or Cartesian controller for ``ee_delta``, steering
+    and speed control for ``car_controls``.
+    """
+
+    joint_names: list[str]  # the joints it reports, in its own order (empty for a car)
+
+    def read_signals(self) -> dict[str, np.ndarray]:
+        """Latest values of its signals, {name: (width,)}."""
+        ...
+
+    def write_command(self, command: np.ndarray) -> None:
+        """The mode's command: an end-effector displacement in action.frame, or (steering, speed)."""
+        ...
+
+    def advance(self) -> None:
+        """Let one control period pass."""
+        ...

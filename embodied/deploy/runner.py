@@ -20,7 +20,7 @@ from embodied.deploy.observations import ObservationBuilder
 from embodied.deploy.robot import RobotInterface, RobotReading
 from embodied.deploy.session import load_session
 
-OUTPUTS = ("joint_targets", "actions")
+OUTPUTS = ("joint_targets", "actions")  # joint_position mode; other modes: (action.output, "actions")
 
 
 def joint_permutation(robot_names: Sequence[str], policy_names: Sequence[str]) -> np.ndarray:
@@ -54,6 +54,8 @@ class DeployRunner:
         self.manifest: Manifest = load_manifest(path / "deploy.yaml" if path.is_dir() else path)
         m = self.manifest
         self.robot = robot
+        self.mode = m.action.mode
+        self.outputs = (m.action.output, "actions")
         # perm[i]: robot index of policy joint i; read robot[perm] -> policy, write robot[perm] = policy.
         self.perm = joint_permutation(robot.joint_names, m.joints.names)
         self.kp = self._to_robot(np.asarray(m.joints.kp, dtype=np.float64))  # robot joint order
@@ -61,7 +63,7 @@ class DeployRunner:
         self.session = load_session(m.onnx_path, providers)
         self._check_graph()
         self.obs_builder = ObservationBuilder(m, providers=providers)
-        self.last_action = np.zeros(m.num_joints, dtype=np.float32)
+        self.last_action = np.zeros(m.action_dim, dtype=np.float32)
         self.last_obs: np.ndarray | None = None  # (D,) the observation the last step() fed the policy
 
     def _to_robot(self, policy_order: np.ndarray) -> np.ndarray:
@@ -82,21 +84,21 @@ class DeployRunner:
                 f"tensor(float) [batch, {m.obs_dim}]"
             )
         outputs = {o.name: o for o in self.session.get_outputs()}
-        for out in OUTPUTS:
+        for out in self.outputs:
             if out not in outputs:
                 raise DeployError(
                     f"{m.onnx_path}: no output named {out!r} (graph outputs: {sorted(outputs)})"
                 )
             oshape = list(outputs[out].shape)
-            if len(oshape) != 2 or (isinstance(oshape[1], int) and oshape[1] != m.num_joints):
+            if len(oshape) != 2 or (isinstance(oshape[1], int) and oshape[1] != m.action_dim):
                 raise DeployError(
                     f"{m.onnx_path}: output {out!r} has shape {oshape}; "
-                    f"deploy.yaml expects [batch, {m.num_joints}]"
+                    f"deploy.yaml expects [batch, {m.action_dim}]"
                 )
 
     def reset(self) -> None:
         """Start a new episode: zero the last action and forget observation histories."""
-        self.last_action = np.zeros(self.manifest.num_joints, dtype=np.float32)
+        self.last_action = np.zeros(self.manifest.action_dim, dtype=np.float32)
         self.obs_builder.reset()
         self.last_obs = None
 
@@ -113,7 +115,7 @@ class DeployRunner:
             got = f"{obs.dtype} {obs.shape}" if isinstance(obs, np.ndarray) else type(obs).__name__
             raise DeployError(f"policy observation: expected float32 of shape ({d},) or (B, {d}), got {got}")
         batch = obs if obs.ndim == 2 else obs[None]
-        targets, actions = self.session.run(list(OUTPUTS), {self.manifest.policy.input_name: batch})
+        targets, actions = self.session.run(list(self.outputs), {self.manifest.policy.input_name: batch})
         if obs.ndim == 1:
             return targets[0], actions[0]
         return targets, actions
@@ -128,11 +130,16 @@ class DeployRunner:
             base_lin_vel=reading.base_lin_vel,
         )
 
-    def step(self, command: np.ndarray) -> np.ndarray:
-        """One tick for command (3,) = (vx, vy, yaw rate); returns the targets written (J,), robot order.
+    def step(self, command: np.ndarray | None) -> np.ndarray:
+        """One tick; returns what was written to the robot.
 
+        joint_position: command (3,) = (vx, vy, yaw rate); PD targets (J,) in robot order are written.
+        ee_delta: command (3,) = the goal point; the end-effector displacement is written.
+        car_controls: no command; (steering angle, speed) is written.
         Does not wait: call `robot.advance()` after it to let the control period pass.
         """
+        if self.mode != "joint_position":
+            return self._step_signals(command)
         reading = self.policy_reading(self.robot.read())
         obs = self.obs_builder.build(reading, np.asarray(command, dtype=np.float64), self.last_action)
         targets, actions = self.run_policy(obs)
@@ -143,3 +150,21 @@ class DeployRunner:
         self.last_action = actions.astype(np.float32).copy()
         self.last_obs = obs
         return q_des
+
+    def _step_signals(self, command: np.ndarray | None) -> np.ndarray:
+        """ee_delta / car_controls: named robot signals in, the mode's command out (``SignalRobot``)."""
+        given = {
+            k: np.asarray(v)[self.perm] if k in ("joint_pos", "joint_vel") else v
+            for k, v in self.robot.read_signals().items()
+        }
+        cmd = None if command is None else np.asarray(command, dtype=np.float64)
+        obs = self.obs_builder.stack(self.obs_builder.signals_of(given, cmd, self.last_action))
+        out, actions = self.run_policy(obs)
+        if not (np.all(np.isfinite(out)) and np.all(np.isfinite(actions))):
+            raise DeployError(
+                f"policy returned non-finite {self.outputs[0]} {out.tolist()}; nothing was written"
+            )
+        self.robot.write_command(out.astype(np.float64))
+        self.last_action = actions.astype(np.float32).copy()
+        self.last_obs = obs
+        return out

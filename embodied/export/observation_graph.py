@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from embodied.deploy.manifest import JOINT_WIDE, SIGNALS, one_line
 from embodied.deploy.manifest import OBS_OUTPUT_PREFIX as OUTPUT_PREFIX
+from embodied.deploy.manifest import PERCEPTION_PREFIX, SIGNALS, one_line, signal_width
 from embodied.export.graph import ExportError
 from embodied.math import quat_rotate_inverse
 from embodied.terms import Term
@@ -37,6 +37,21 @@ FIELDS = {
     "joint_pos": "joint_pos",
     "joint_vel": "joint_vel",
     "action": "last_action",  # terms read the action of the step just taken as `action`
+    "ee_pos": "ee_pos",  # an arm's forward kinematics
+    "goal_pos": "goal_pos",  # an arm's target point (its command)
+}
+# Terms a robot's state estimation or perception stack hands over whole (input
+# "perception/<term>", unscaled): the graph only scales and clips them. Per task family.
+PERCEPTION = {
+    "driving": (
+        "ego_velocity",
+        "steering_angle",
+        "lane_error",
+        "road_edges",
+        "route_waypoints",
+        "range_rays",
+        "speed_limit",
+    ),
 }
 CONSTANTS = ("default_joint_pos",)  # robot facts, baked into the graph
 # Where the same signals sit on a training state, for recording them (the inverse of FIELDS).
@@ -48,6 +63,8 @@ TRAINING_SIGNALS = {
     "joint_pos": "joint_pos",
     "joint_vel": "joint_vel",
     "last_action": "action",
+    "ee_pos": "ee_pos",
+    "goal_pos": "goal_pos",
 }
 
 
@@ -103,8 +120,8 @@ class SignalState:
         raise _NoSignal(name)
 
 
-def _widths(num_joints: int) -> dict[str, int]:
-    return {k: num_joints if w == JOINT_WIDE else int(w) for k, w in SIGNALS.items()}
+def _widths(num_joints: int, action_dim: int) -> dict[str, int]:
+    return {k: signal_width(k, num_joints, action_dim) for k in SIGNALS}
 
 
 class ObservationGraph(nn.Module):
@@ -122,6 +139,8 @@ class ObservationGraph(nn.Module):
         *,
         num_joints: int,
         constants: Mapping[str, torch.Tensor] | None = None,
+        action_dim: int | None = None,
+        perception: Sequence[str] = (),
     ):
         super().__init__()
         names = [t.name for t in terms]
@@ -149,9 +168,16 @@ class ObservationGraph(nn.Module):
                 raise ExportError(f"unknown observation-graph constant {k!r}; known: {', '.join(CONSTANTS)}")
             self.register_buffer(k, consts[k])
         self.register_buffer("gravity", torch.tensor([0.0, 0.0, -1.0]))
-        self.widths = _widths(self.num_joints)
+        self.widths = _widths(self.num_joints, self.num_joints if action_dim is None else int(action_dim))
+        # Terms given whole by the robot: the graph passes them through (scale and clip only).
+        self.passthrough = [t.name in perception for t in self.terms]
+        for t, through in zip(layout, self.passthrough, strict=True):
+            if through:
+                self.widths[PERCEPTION_PREFIX + str(t["name"])] = int(t["dim"])
         probe = SignalState({k: torch.zeros(2, w) for k, w in self.widths.items()}, consts)
-        for t, layout_term in zip(self.terms, layout, strict=True):
+        for t, layout_term, through in zip(self.terms, layout, self.passthrough, strict=True):
+            if through:
+                continue
             try:
                 value = t(probe)
             except _NoSignal as e:
@@ -170,6 +196,9 @@ class ObservationGraph(nn.Module):
                     f"the layout says ({layout_term['dim']},)"
                 )
         self.inputs: list[str] = [k for k in SIGNALS if k in probe.used]  # SIGNALS order
+        self.inputs += [
+            PERCEPTION_PREFIX + t.name for t, p in zip(self.terms, self.passthrough, strict=True) if p
+        ]
         self.outputs: list[str] = [OUTPUT_PREFIX + n for n in names]
         self.eval()
 
@@ -180,11 +209,15 @@ class ObservationGraph(nn.Module):
         if terms is None:
             raise ExportError(f"the env has no observation terms for group {group!r}")
         constants = {k: getattr(env.state, k) for k in CONSTANTS if getattr(env.state, k, None) is not None}
+        pos = getattr(env.state, "joint_pos", None)  # the joints the task observes (an arm: no gripper)
+        family = str(getattr(env, "cfg", {}).get("family"))
         return cls(
             terms,
             env.obs_layout(group),
-            num_joints=len(env.backend.info.actuated_joints),
+            num_joints=len(env.backend.info.actuated_joints) if pos is None else int(pos.shape[-1]),
             constants=constants,
+            action_dim=int(env.action_dim),
+            perception=PERCEPTION.get(family, ()),
         )
 
     @property
@@ -200,7 +233,12 @@ class ObservationGraph(nn.Module):
 
     def forward(self, *signals: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """signals (B, width) in ``inputs`` order -> each term (B, dim), in ``names`` order."""
-        return apply_terms(self.terms, self.post, self.state(dict(zip(self.inputs, signals, strict=True))))
+        given = dict(zip(self.inputs, signals, strict=True))
+        terms = [
+            _Given(PERCEPTION_PREFIX + t.name) if p else t
+            for t, p in zip(self.terms, self.passthrough, strict=True)
+        ]
+        return apply_terms(terms, self.post, _GivenState(self.state(given), given))
 
     def run(self, signals: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{term name: (B, dim)} for signals {input name: (B, width)} (no grad)."""
@@ -217,6 +255,38 @@ def apply_terms(
         v = t(state) * scale
         out.append(v.clamp(-clip, clip) if clip is not None else v)
     return tuple(out)
+
+
+class _Given:
+    """A term the robot hands over whole: reads its input signal."""
+
+    def __init__(self, signal: str):
+        self.signal = signal
+
+    def __call__(self, state: _GivenState) -> torch.Tensor:
+        return state.given[self.signal]
+
+
+class _GivenState:
+    """A SignalState plus the passed-through signals."""
+
+    def __init__(self, state: SignalState, given: Mapping[str, torch.Tensor]):
+        self.state, self.given = state, given
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        return getattr(self.state, name)
+
+
+def training_signals(graph: ObservationGraph, s: Any) -> dict[str, torch.Tensor]:
+    """The graph's inputs read off a training state: raw fields, and each passed-through term."""
+    out = {}
+    for k in graph.inputs:
+        if k.startswith(PERCEPTION_PREFIX):
+            term = graph.terms[graph.names.index(k[len(PERCEPTION_PREFIX) :])]
+            out[k] = term(s).float().cpu()
+        else:
+            out[k] = getattr(s, TRAINING_SIGNALS[k]).float().cpu()
+    return out
 
 
 @dataclass
@@ -245,7 +315,7 @@ def record_signals(
         seen.append(
             (
                 obs["policy"].cpu(),
-                {k: getattr(s, TRAINING_SIGNALS[k]).float().cpu() for k in graph.inputs},
+                training_signals(graph, s),
                 [v.cpu() for v in apply_terms(graph.terms, graph.post, s)],
             )
         )

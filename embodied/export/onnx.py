@@ -33,6 +33,7 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from embodied.export.action_modes import ActionInterface, action_interface
 from embodied.export.graph import ExportedPolicy, ExportError, check_pipeline
 from embodied.export.observation_graph import (
     OUTPUT_PREFIX,
@@ -79,13 +80,17 @@ def _f64(values: Any) -> list[float]:
     return [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
 
 
-def deploy_manifest(task_cfg: Mapping[str, Any], env: Any, policy: ExportedPolicy) -> dict[str, Any]:
+def deploy_manifest(
+    task_cfg: Mapping[str, Any], env: Any, policy: ExportedPolicy, action: ActionInterface | None = None
+) -> dict[str, Any]:
     """The deploy.yaml content (schema v2, docs/deploy_schema.md) for ``policy`` on ``env``'s robot.
 
-    The ``observation`` section is added by ``export_policy``, which writes that file.
+    The ``observation`` section is added by ``export_policy``, which writes that file. ``action``
+    (default: the task's own, embodied/export/action_modes.py) names the action mode.
     """
     if isinstance(task_cfg, DictConfig):
         task_cfg = OmegaConf.to_container(task_cfg, resolve=True)
+    action = action_interface(env, task_cfg) if action is None else action
     info, backend = env.backend.info, env.backend
     spec = env.obs_spec["policy"]
     if spec.kind != "vector" or spec.dim != policy.obs_dim:
@@ -94,7 +99,10 @@ def deploy_manifest(task_cfg: Mapping[str, Any], env: Any, policy: ExportedPolic
     width = sum(t["dim"] * t["history"] for t in observations)
     if width != policy.obs_dim:
         raise ExportError(f"observation terms add up to {width}, the policy takes {policy.obs_dim}")
-    if len(info.actuated_joints) != policy.action_dim:
+    joint_mode = action.mode == "joint_position"
+    # The joints the policy observes (an arm's, without its gripper; none for a car), in actuator order.
+    observed = _observed_joints(env) if not joint_mode else len(info.actuated_joints)
+    if joint_mode and len(info.actuated_joints) != policy.action_dim:
         raise ExportError(
             f"{len(info.actuated_joints)} actuated joints, the policy gives {policy.action_dim}"
         )
@@ -102,6 +110,21 @@ def deploy_manifest(task_cfg: Mapping[str, Any], env: Any, policy: ExportedPolic
         str(k): _f64(v)
         for k, v in (task_cfg.get("commands") or {}).items()
         if isinstance(v, list | tuple) and len(v) == 2
+    }
+    j = slice(0, observed)
+    joints = {
+        "names": [str(n) for n in info.actuated_joints[j]],
+        "default_positions": _f64(info.home_qpos[info.qpos_adr][j]),
+        "kp": _f64(info.kp[j]),
+        "kd": _f64(info.kd[j]),
+        "torque_limits": _f64(info.force_range[j, 1]),
+        "position_limits": [_f64(r) for r in info.joint_range[j]],
+    }
+    section = {
+        "mode": action.mode,
+        **action.params,
+        "offset": _f32(policy.offset),
+        "scale": _f32(policy.scale),
     }
     return {
         "schema_version": SCHEMA_VERSION,
@@ -111,28 +134,27 @@ def deploy_manifest(task_cfg: Mapping[str, Any], env: Any, policy: ExportedPolic
             "onnx_sha256": None,
             "torchscript": FILES["torchscript"],
             "input": {"name": "obs", "group": "policy", "dtype": "float32", "dim": policy.obs_dim},
-            "outputs": {"joint_targets": {"dim": policy.action_dim}, "actions": {"dim": policy.action_dim}},
+            "outputs": {action.output: {"dim": policy.action_dim}, "actions": {"dim": policy.action_dim}},
         },
-        "joints": {
-            "names": [str(n) for n in info.actuated_joints],
-            "default_positions": _f64(info.home_qpos[info.qpos_adr]),
-            "kp": _f64(info.kp),
-            "kd": _f64(info.kd),
-            "torque_limits": _f64(info.force_range[:, 1]),
-            "position_limits": [_f64(r) for r in info.joint_range],
-        },
+        **({"joints": joints} if observed else {}),
         "control": {
             "dt": float(env.dt),
             "physics_dt": float(backend.physics_dt),
             "decimation": int(backend.decimation),
         },
-        "action": {"offset": _f32(policy.offset), "scale": _f32(policy.scale)},
+        "action": section,
         "observations": observations,
         "safety_filters": list(policy.filters.names),
         "safety_params": policy.filters.params,
         "commands": commands,
         "obs_clip": float(OBS_CLIP),
     }
+
+
+def _observed_joints(env: Any) -> int:
+    """How many of the actuated joints (the first ones) the task's state calls its joints."""
+    pos = getattr(env.state, "joint_pos", None)
+    return 0 if pos is None else int(pos.shape[-1])
 
 
 def dump_yaml(manifest: Mapping[str, Any]) -> str:
@@ -146,8 +168,10 @@ def onnx_runner(path: Path) -> Runner:
     opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
+    names = [o.name for o in sess.get_outputs()]  # (the mode's command output, "actions")
+
     def run(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        targets, actions = sess.run(["joint_targets", "actions"], {"obs": obs})
+        targets, actions = sess.run(names, {"obs": obs})
         return targets, actions
 
     return run
@@ -198,7 +222,9 @@ def check_parity(
     return diffs
 
 
-def _write_onnx(policy: ExportedPolicy, path: Path, embedded_yaml: str) -> None:
+def _write_onnx(
+    policy: ExportedPolicy, path: Path, embedded_yaml: str, output: str = "joint_targets"
+) -> None:
     example = torch.zeros(1, policy.obs_dim)
     with _quiet_deprecations():
         torch.onnx.export(
@@ -208,8 +234,8 @@ def _write_onnx(policy: ExportedPolicy, path: Path, embedded_yaml: str) -> None:
             dynamo=False,
             opset_version=OPSET,
             input_names=["obs"],
-            output_names=["joint_targets", "actions"],
-            dynamic_axes={k: {0: "batch"} for k in ("obs", "joint_targets", "actions")},
+            output_names=[output, "actions"],
+            dynamic_axes={k: {0: "batch"} for k in ("obs", output, "actions")},
         )
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
@@ -368,7 +394,9 @@ def export_policy(
             manifest = dict([*items[:at], ("observation", section), *items[at:]])
         embedded = dump_yaml(manifest)
         onnx_path, ts_path = stage / FILES["onnx"], stage / FILES["torchscript"]
-        _write_onnx(policy, onnx_path, embedded)
+        outputs = manifest["policy"].get("outputs") or {}
+        output = next((k for k in outputs if k != "actions"), "joint_targets")  # the mode's command
+        _write_onnx(policy, onnx_path, embedded, output)
         _write_torchscript(policy, ts_path, embedded)
         runners = {"onnxruntime": onnx_runner(onnx_path), "torchscript": torchscript_runner(ts_path)}
         diffs = check_parity(policy, runners, check_obs, tol) | diffs
@@ -433,11 +461,11 @@ def export_from_env(
     graph). A disagreement beyond ``tol``, or a policy observation the graph cannot build from
     robot signals, raises ExportError before anything is written.
     """
-    offset, scale = env.action_affine()
-    exported = ExportedPolicy.from_policy(policy, offset, scale, env.filters)
     if isinstance(task_cfg, DictConfig):
         task_cfg = OmegaConf.to_container(task_cfg, resolve=True)
-    manifest = deploy_manifest(task_cfg, env, exported)
+    action = action_interface(env, task_cfg)
+    exported = ExportedPolicy.from_policy(policy, action.offset, action.scale, env.filters)
+    manifest = deploy_manifest(task_cfg, env, exported, action)
     graph = ObservationGraph.from_env(env)
     rec = record_signals(env, policy, graph, steps=steps, seed=seed)
     gen = torch.Generator().manual_seed(seed)

@@ -85,6 +85,7 @@ class DriveState:
     box_yaw: torch.Tensor  # (N, B)
     box_half: torch.Tensor  # (B, 2) half extents in x, y
     cache: dict = field(default_factory=dict)  # terms that both observation groups read, computed once
+    qpos: torch.Tensor | None = None  # (N, nq) the whole scene's generalized positions
 
 
 def ackermann_angles(delta: torch.Tensor, wheelbase: float, track: float) -> torch.Tensor:
@@ -300,6 +301,10 @@ class DrivingEnv(DrivingModel, TaskEnv):
             "throttle through an electronic differential"
         )
 
+    def robot_qpos_columns(self) -> torch.Tensor:
+        """The car's free joint (pos, quat) and its front-wheel steering hinges."""
+        return torch.cat([torch.arange(7, device=self.device), self._steer_q])
+
     def _read_state(self, action: torch.Tensor) -> DriveState:
         sim = self.backend.state()
         qpos, qvel = sim.qpos, sim.qvel
@@ -326,6 +331,7 @@ class DrivingEnv(DrivingModel, TaskEnv):
             if key in cols:
                 collision |= (data.index_select(1, cols[key]) > 0).any(-1)
         st = DriveState(
+            qpos=qpos,
             num_envs=self.num_envs,
             dt=self.dt,
             ego_pos=pos,

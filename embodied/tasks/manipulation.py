@@ -71,6 +71,7 @@ class ArmState:
     table_contact: torch.Tensor | None = None  # (N,) bool: a moving arm geom touches the table
     self_contact: torch.Tensor | None = None  # (N,) bool: the arm touches itself
     finger_contact: torch.Tensor | None = None  # (N, 2) bool: each finger touches the cube
+    qpos: torch.Tensor | None = None  # (N, nq) the whole scene's generalized positions
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:
@@ -293,6 +294,10 @@ class ArmEnv(TaskEnv):
             )
         return self.default_joint_pos, torch.full_like(self.default_joint_pos, self.action_scale)
 
+    def robot_qpos_columns(self) -> torch.Tensor:
+        """Arm joints and fingers, then the cube's free joint (pos, quat): what a ghost arm draws."""
+        return torch.cat([self._qpos_adr, torch.arange(7, device=self.device)])
+
     def _read_state(self, action: torch.Tensor) -> ArmState:
         sim = self.backend.state()
         qpos, qvel = sim.qpos, sim.qvel
@@ -310,6 +315,7 @@ class ArmEnv(TaskEnv):
         if self.objective == "push":
             success &= obj[:, 2] < self.table_height + self.object_half + 0.01
         s = ArmState(
+            qpos=qpos,
             num_envs=self.num_envs,
             dt=self.dt,
             joint_pos=q,

@@ -41,13 +41,13 @@ _ARM_GENERIC = {
     "rewards": _pick(loco_rewards.REWARDS, "action_rate_l2", "joint_pos_limits"),
     "costs": _pick(loco_costs.COSTS, "joint_limit_violation"),
     "terminations": {},
-    "observations": _pick(loco_obs.OBSERVATIONS, "joint_pos_rel", "joint_vel", "last_action"),
+    "observations": _pick(loco_obs.OBSERVATIONS, "joint_pos_rel", "joint_vel", "last_action", "robot_qpos"),
 }
 _CAR_GENERIC = {
     "rewards": _pick(loco_rewards.REWARDS, "action_rate_l2"),
     "costs": {},
     "terminations": {},
-    "observations": _pick(loco_obs.OBSERVATIONS, "last_action"),
+    "observations": _pick(loco_obs.OBSERVATIONS, "last_action", "robot_qpos"),
 }
 _FAMILY_OWN = {
     "locomotion": {

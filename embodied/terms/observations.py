@@ -53,7 +53,23 @@ def qvel(s) -> torch.Tensor:  # nv
     return s.qvel
 
 
+class RobotQpos:
+    """(N, q) the generalized positions that draw the robot (and what it moves), for world models
+    and ghost rendering: the columns ``env.robot_qpos_columns()`` names, of the scene's qpos."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self.cols: torch.Tensor | None = None
+
+    def __call__(self, s) -> torch.Tensor:
+        if self.cols is None:  # resolved on first use: the env has finished building by then
+            self.cols = self.env.robot_qpos_columns().to(s.qpos.device)
+        return s.qpos.index_select(1, self.cols)
+
+
 OBSERVATIONS = {
+    "robot_qpos": RobotQpos,
+} | {
     f.__name__: f
     for f in (
         base_lin_vel,

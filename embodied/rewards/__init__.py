@@ -1,0 +1,1 @@
+"""Model-backed reward terms: rewards scored by a model from config (a VLM on ``obs["rgb"]``)."""

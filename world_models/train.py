@@ -1,0 +1,113 @@
+"""Fitting the ensemble: bootstrapped minibatches per member, early stopping and elites (MBPO).
+
+Every step draws an independent bootstrap minibatch for each member (E, B) and updates all members
+in one batched forward and backward. After each epoch the validation error of every member is
+measured on held-out episodes; a member's weights are kept from its best epoch, training stops when
+no member has improved by 1 % for ``patience`` epochs, and the ``elites`` lowest-error members are
+the ones used to predict.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from world_models.buffer import TransitionBuffer
+from world_models.ensemble import Ensemble
+from world_models.errors import WorldModelError
+
+
+@dataclass
+class FitResult:
+    epochs: int
+    updates: int
+    seconds: float
+    train_nll: float
+    val_mse: list[float]  # per member, normalized targets, at its kept epoch
+    elites: list[int]
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def fit(
+    model: Ensemble,
+    buffer: TransitionBuffer,
+    *,
+    epochs: int = 50,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-5,
+    patience: int = 5,
+    max_updates_per_epoch: int = 400,
+    renormalize: bool = True,
+    log: Callable[[int, dict[str, float]], None] | None = None,
+    generator: torch.Generator | None = None,
+) -> FitResult:
+    """Train ``model`` in place on ``buffer``'s train split; returns what happened."""
+    if epochs < 1 or batch_size < 1:
+        raise WorldModelError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    state, action, target, done = buffer.flat("train")
+    vs, va, vt, _ = buffer.flat("val")
+    if vs.shape[0] == 0:  # no held-out episodes: validate on (a sample of) the training data
+        vs, va, vt = state, action, target
+    dev = model.in_mean.device
+    state, action, target, done = (x.to(dev) for x in (state, action, target, done))
+    vs, va, vt = (x.to(dev) for x in (vs, va, vt))
+    if renormalize:
+        model.set_normalization(torch.cat([state, action], -1), target)
+    x_all, y_all = model.normalize_input(state, action), model.normalize_target(target)
+    vx, vy = model.normalize_input(vs, va), model.normalize_target(vt)
+    if vx.shape[0] > 20_000:
+        keep = torch.randperm(vx.shape[0], generator=generator)[:20_000].to(dev)
+        vx, vy = vx[keep], vy[keep]
+    e, n = model.members, x_all.shape[0]
+    params = [p for name, p in model.named_parameters() if not name.endswith("logvar")]
+    bounds = [model.max_logvar, model.min_logvar]
+    opt = torch.optim.AdamW(
+        [{"params": params, "weight_decay": weight_decay}, {"params": bounds, "weight_decay": 0.0}], lr=lr
+    )
+    stacked = [
+        p
+        for p in model.parameters()
+        if p.dim() >= 1 and p.shape[0] == e and p is not model.max_logvar and p is not model.min_logvar
+    ]
+    best = torch.full((e,), float("inf"), device=dev)
+    snapshot = [p.detach().clone() for p in stacked]
+    stale, updates, epoch, t0, nll = 0, 0, 0, time.perf_counter(), float("nan")
+    per_epoch = max(1, min(max_updates_per_epoch, n // batch_size))
+    model.train()
+    for epoch in range(1, epochs + 1):
+        for _ in range(per_epoch):
+            idx = torch.randint(n, (e, batch_size), generator=generator).to(dev)  # bootstrap per member
+            loss, parts = model.loss(x_all[idx], y_all[idx], done[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            updates += 1
+        nll = float(parts["nll"].mean())
+        with torch.no_grad():
+            mean, _, _ = model(vx.expand(e, *vx.shape))
+            val = ((mean - vy) ** 2).mean((1, 2))
+        improved = val < best * 0.99
+        for p, s in zip(stacked, snapshot, strict=True):
+            s[improved] = p.detach()[improved]
+        best = torch.where(improved, val, best)
+        stale = 0 if bool(improved.any()) else stale + 1
+        if log is not None:
+            log(
+                epoch,
+                {"wm/train_nll": nll, "wm/val_mse": float(val.mean()), "wm/best_val_mse": float(best.mean())},
+            )
+        if stale >= patience:
+            break
+    with torch.no_grad():
+        for p, s in zip(stacked, snapshot, strict=True):
+            p.copy_(s)
+        elites = torch.argsort(best)[: model.num_elites]
+        model.elite_idx.copy_(elites.sort().values)
+    model.eval()
+    return FitResult(epoch, updates, time.perf_counter() - t0, nll, best.tolist(), model.elite_idx.tolist())

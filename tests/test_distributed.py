@@ -149,7 +149,7 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
 def two_ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("dist")
     mp.spawn(_rank, args=(_free_port(), str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 @pytest.mark.parametrize("alg", ["ppo", "ppo_lagrangian"])

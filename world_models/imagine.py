@@ -11,7 +11,7 @@ With ``sample_members=False`` every future follows the elites' mean prediction, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,9 +236,3 @@ def state_actor(
         return policy.act_inference(obs) if deterministic else policy.act(obs)
 
     return act
-
-
-def rmse_by_horizon(pred: torch.Tensor, true: torch.Tensor, horizons: Sequence[int]) -> dict[int, float]:
-    """RMSE over all but the step dimension of (H, M, S) predictions, at the given 1-based horizons."""
-    err = ((pred - true) ** 2).mean((1, 2)).sqrt()
-    return {h: float(err[h - 1]) for h in horizons}

@@ -106,7 +106,6 @@ class DynaPPO(PPO):
         self.model = Ensemble(s, a, members=dyna.members, elites=dyna.elites, hidden=dyna.hidden).to(
             self.device
         )
-        self.model_optimizer_lr = dyna.model_lr
         self.model_fitted = False
         t = dyna.buffer_steps
         dev = self.device

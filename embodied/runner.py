@@ -130,6 +130,7 @@ class Runner:
         env, alg = self.env, self.alg
         steps_per_iter = alg.num_steps_per_env * env.num_envs * self.world_size
         on_policy = isinstance(alg, OnPolicy)
+        begin_rollout = getattr(alg, "begin_rollout", None)
         self.total_steps = start_steps
         tracker = EpisodeTracker(env.num_envs, env.device)
         obs = env.reset()
@@ -146,6 +147,8 @@ class Runner:
         for it in bar:
             t0 = time.perf_counter()
             torch.set_num_threads(self.collect_threads)
+            if begin_rollout is not None:  # episodic algorithms restart every env (algo=grpo)
+                obs = begin_rollout(env, obs)
             for _ in range(alg.num_steps_per_env):
                 action = alg.act(obs)
                 out = env.step(action)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,8 +36,19 @@ from sim.randomize import (
     check_config,
     sample_physics,
 )
+from sim.render import Marker
 
 OBS_CLIP = 100.0
+
+
+@dataclass(frozen=True)
+class Markers:
+    """One visual-only shape per env (``pos`` (N, 3) torch, world frame); see ``sim.render.Marker``."""
+
+    pos: torch.Tensor
+    kind: str = "sphere"
+    size: tuple[float, float, float] = (0.02, 0.0, 0.0)
+    rgba: tuple[float, float, float, float] = (0.1, 0.8, 0.2, 1.0)
 
 
 class TaskEnv:
@@ -158,18 +170,20 @@ class TaskEnv:
             raise ConfigError("this task renders no frames: set rgb.enabled=true in its config")
         _, h, w = self.rgb_shape
         sim = self.backend.state()
-        key = torch.cat([sim.time[:, None], sim.qpos], dim=1)
+        markers = self.markers()
+        key = torch.cat([sim.time[:, None], sim.qpos, *(m.pos for m in markers)], dim=1)
         last = self._rgb_last
         # Only envs whose (time, qpos) changed since the last frames are drawn again: after an
         # auto-reset the other envs' final frames are still current, so a done step costs one
         # full render plus one of the reset envs, not two full renders.
         stale = (key != last[0]).any(dim=1) if last is not None else None
         if stale is None or bool(stale.all()):
-            rgb = self.backend.render(list(range(self.num_envs)), w, h, self.rgb_camera)
+            ids = list(range(self.num_envs))
+            rgb = self.backend.render(ids, w, h, self.rgb_camera, self._marker_rows(markers, ids))
         elif bool(stale.any()):
             rgb = last[1].clone()
             ids = stale.nonzero().flatten().tolist()
-            rgb[ids] = self.backend.render(ids, w, h, self.rgb_camera)
+            rgb[ids] = self.backend.render(ids, w, h, self.rgb_camera, self._marker_rows(markers, ids))
         else:
             return last[1]
         self._rgb_last = (key, rgb)
@@ -257,7 +271,24 @@ class TaskEnv:
         self, env_ids: list[int], width: int = 320, height: int = 240, camera: str | int | None = None
     ) -> torch.Tensor:
         """(n, 3, H, W) uint8 frames of the chosen envs from ``camera`` (default: the task's)."""
-        return self.backend.render(env_ids, width, height, self.camera if camera is None else camera)
+        cam = self.camera if camera is None else camera
+        return self.backend.render(env_ids, width, height, cam, self._marker_rows(self.markers(), env_ids))
+
+    def markers(self) -> list[Markers]:
+        """Visual-only shapes of the current episode (goals, targets, pads), drawn into every frame.
+
+        None by default; a task whose goal is not a body of its model draws it here, so that what a
+        camera policy or a VLM reward sees shows the goal the task's success is measured against.
+        """
+        return []
+
+    @staticmethod
+    def _marker_rows(markers: list[Markers], env_ids: list[int]) -> list[Marker]:
+        ids = torch.as_tensor(env_ids, dtype=torch.long)
+        return [
+            Marker(m.pos[ids.to(m.pos.device)].double().cpu().numpy(), m.kind, m.size, m.rgba)
+            for m in markers
+        ]
 
     def robot_qpos_columns(self) -> torch.Tensor:
         """(q,) long: the qpos columns that draw the robot (the ``robot_qpos`` observation term).

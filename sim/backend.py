@@ -5,13 +5,16 @@ from __future__ import annotations
 import importlib.util
 import math
 import numbers
-from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
 from sim.model_info import ModelInfo
 from sim.state import SimState
+
+if TYPE_CHECKING:
+    from sim.render import Marker
 
 
 class SimConfigError(ValueError):
@@ -51,8 +54,16 @@ class SimBackend(Protocol):
         """Columns of ``SimState.sensordata`` that hold the named sensor."""
         ...
 
-    def render(self, env_ids: list[int], width: int, height: int, camera: str | int = -1) -> torch.Tensor:
-        """Offscreen frames of the chosen envs as (n, 3, H, W) uint8."""
+    def render(
+        self,
+        env_ids: list[int],
+        width: int,
+        height: int,
+        camera: str | int = -1,
+        markers: Sequence[Marker] = (),
+    ) -> torch.Tensor:
+        """Offscreen frames of the chosen envs as (n, 3, H, W) uint8, with visual-only markers
+        (one (n, 3) position row per chosen env each)."""
         ...
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ nominal model and initial state, because even a cached build takes seconds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from sim.backend import SimConfigError, check_backend_args
 from sim.genesis_setup import _geom_map, _joint_map, _link_map, check_model, init_genesis, resolve_backend
 from sim.model_info import ModelInfo, sensor_slice
 from sim.randomize import PhysicsParams
-from sim.render import RendererCache
+from sim.render import Marker, RendererCache
 from sim.state import SimState
 
 OPTIONS = ("backend", "cache_dir", "precision", "log_level")
@@ -257,13 +258,20 @@ class GenesisBackend:
             )
         return cols
 
-    def render(self, env_ids: list[int], width: int, height: int, camera: str | int = -1) -> torch.Tensor:
+    def render(
+        self,
+        env_ids: list[int],
+        width: int,
+        height: int,
+        camera: str | int = -1,
+        markers: Sequence[Marker] = (),
+    ) -> torch.Tensor:
         """Frames of the chosen envs, (n, 3, H, W) uint8: their qpos drawn by MuJoCo's renderer
         (nominal model: randomized masses do not move tracking cameras here)."""
         r = self._renderers.get(width, height, len(env_ids), camera)
         ids = torch.as_tensor(env_ids, dtype=torch.long, device=self._view.qpos.device)
         qpos = self._qpos64[ids.to(self._qpos64.device)].numpy()
-        return r.render(qpos, spec=int(mujoco.mjtState.mjSTATE_QPOS)).to(self.device)
+        return r.render(qpos, spec=int(mujoco.mjtState.mjSTATE_QPOS), markers=markers).to(self.device)
 
     def close(self) -> None:
         """Free the renderers; the scene goes back to a pool for the next backend of the same model."""

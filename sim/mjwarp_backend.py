@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from sim.assets import load_model
 from sim.backend import SimConfigError, check_backend_args
 from sim.model_info import ModelInfo, sensor_slice
 from sim.randomize import PhysicsParams
-from sim.render import RendererCache
+from sim.render import Marker, RendererCache
 from sim.state import SimState
 
 try:
@@ -301,13 +302,20 @@ class MjwarpBackend:
     def sensor(self, name: str) -> slice:
         return sensor_slice(self.model, name)
 
-    def render(self, env_ids: list[int], width: int, height: int, camera: str | int = -1) -> torch.Tensor:
+    def render(
+        self,
+        env_ids: list[int],
+        width: int,
+        height: int,
+        camera: str | int = -1,
+        markers: Sequence[Marker] = (),
+    ) -> torch.Tensor:
         """Frames of the chosen envs, (n, 3, H, W) uint8: their qpos drawn by MuJoCo's renderer."""
         r = self._renderers.get(width, height, len(env_ids), camera)
         ids = torch.as_tensor(env_ids, dtype=torch.long)
         qpos = self._t["qpos"][ids.to(self._t["qpos"].device)].to("cpu", torch.float64).numpy()
         models = None if self._batched is None else [self._render_model(int(i)) for i in ids]
-        frames = r.render(qpos, spec=int(mujoco.mjtState.mjSTATE_QPOS), models=models)
+        frames = r.render(qpos, spec=int(mujoco.mjtState.mjSTATE_QPOS), models=models, markers=markers)
         return frames.to(self.device)
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ one-step rollouts with the torque computed in torch between them.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import mujoco
 import numpy as np
@@ -26,7 +27,7 @@ from sim.assets import load_model
 from sim.backend import check_backend_args
 from sim.model_info import ModelInfo, sensor_slice
 from sim.randomize import PhysicsParams
-from sim.render import RendererCache
+from sim.render import Marker, RendererCache
 from sim.state import SimState
 
 _FULL = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
@@ -289,12 +290,19 @@ class MujocoBackend:
     def sensor(self, name: str) -> slice:
         return sensor_slice(self.model, name)
 
-    def render(self, env_ids: list[int], width: int, height: int, camera: str | int = -1) -> torch.Tensor:
+    def render(
+        self,
+        env_ids: list[int],
+        width: int,
+        height: int,
+        camera: str | int = -1,
+        markers: Sequence[Marker] = (),
+    ) -> torch.Tensor:
         """Frames of the chosen envs, (n, 3, H, W) uint8, drawn as tiles of one offscreen buffer."""
         r = self._renderers.get(width, height, len(env_ids), camera)
         ids = np.asarray(env_ids, dtype=np.int64)
         models = None if self._nominal is None else [self._models[i] for i in ids]
-        return r.render(self._state_np[ids], spec=_FULL, models=models).to(self.device)
+        return r.render(self._state_np[ids], spec=_FULL, models=models, markers=markers).to(self.device)
 
     def close(self) -> None:
         self._renderers.close()

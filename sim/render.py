@@ -35,8 +35,14 @@ import torch
 from sim.backend import SimConfigError
 
 FULLPHYSICS = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
+MARKER_KINDS = {
+    "sphere": mujoco.mjtGeom.mjGEOM_SPHERE,
+    "cylinder": mujoco.mjtGeom.mjGEOM_CYLINDER,
+    "box": mujoco.mjtGeom.mjGEOM_BOX,
+}
 MAX_BUFFER_SIDE = 4096  # pixels; larger batches are drawn in several passes
 _MAX_GEOM = 10_000
+_EYE9 = np.eye(3).flatten()
 
 
 def camera_id(model: mujoco.MjModel, camera: str | int) -> int:
@@ -122,6 +128,26 @@ def _material_shared(model: mujoco.MjModel, mat: int, plane: int) -> bool:
     return any((getattr(model, u, np.empty(0)) == mat).any() for u in users)
 
 
+@dataclass(frozen=True)
+class Marker:
+    """A visual-only shape drawn into every env's frame at a per-env position (goals, targets, pads).
+
+    Markers are not in the physics model (a goal sampled per episode moves nothing), so every
+    engine draws them the same way: added to the scene after MuJoCo's own geoms.
+    pos: (n, 3) world positions, one row per rendered env. kind: sphere | cylinder | box;
+    size: MuJoCo geom size (radius; radius, half-height; half-extents); rgba in [0, 1].
+    """
+
+    pos: np.ndarray
+    kind: str = "sphere"
+    size: tuple[float, float, float] = (0.02, 0.0, 0.0)
+    rgba: tuple[float, float, float, float] = (0.1, 0.8, 0.2, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.kind not in MARKER_KINDS:
+            raise SimConfigError(f"unknown marker kind {self.kind!r}; known: {', '.join(MARKER_KINDS)}")
+
+
 class BatchRenderer:
     """Frames of up to ``max_envs`` envs per pass, drawn as tiles of one offscreen buffer.
 
@@ -186,6 +212,7 @@ class BatchRenderer:
         *,
         spec: int = FULLPHYSICS,
         models: Sequence[mujoco.MjModel] | None = None,
+        markers: Sequence[Marker] = (),
     ) -> torch.Tensor:
         """Frames of n envs, (n, 3, H, W) uint8 on the CPU, top row first.
 
@@ -193,6 +220,7 @@ class BatchRenderer:
             states: (n, nstate) float64 ``mj_getState`` vectors of ``spec``.
             models: n per-env physics models (after randomization of masses and centres of mass,
                 which move tracking cameras); None uses the nominal model.
+            markers: visual-only shapes, each with one position row per env.
         """
         if self._con is None:
             raise RuntimeError("BatchRenderer.render called after close()")
@@ -200,12 +228,15 @@ class BatchRenderer:
         n = states.shape[0]
         if models is not None and len(models) != n:
             raise ValueError(f"got {n} states but {len(models)} models")
+        for mk in markers:
+            if np.shape(mk.pos) != (n, 3):
+                raise ValueError(f"a marker needs (n, 3) = ({n}, 3) positions, got {np.shape(mk.pos)}")
         out = torch.empty(n, 3, self.height, self.width, dtype=torch.uint8)
         self._gl.make_current()
         for start in range(0, n, self.capacity):
             stop = min(n, start + self.capacity)
             for k, i in enumerate(range(start, stop)):
-                self._draw(k, states[i], spec, self.model if models is None else models[i])
+                self._draw(k, states[i], spec, self.model if models is None else models[i], markers, i)
             self._read(out.numpy()[start:stop])
         return out
 
@@ -225,7 +256,15 @@ class BatchRenderer:
             self.close()
 
     # -- internals --------------------------------------------------------------------------
-    def _draw(self, tile: int, state: np.ndarray, spec: int, physics: mujoco.MjModel) -> None:
+    def _draw(
+        self,
+        tile: int,
+        state: np.ndarray,
+        spec: int,
+        physics: mujoco.MjModel,
+        markers: Sequence[Marker] = (),
+        row: int = 0,
+    ) -> None:
         d = self._data
         mujoco.mj_setState(physics, d, state, spec)
         # Positions only: bodies and geoms, subtree centres of mass (tracking cameras), cameras.
@@ -238,7 +277,23 @@ class BatchRenderer:
             self.model, d, self._opt, None, self._cam, mujoco.mjtCatBit.mjCAT_ALL, self._scene
         )
         self._recentre_planes()
+        self._add_markers(markers, row)
         mujoco.mjr_render(self._rects[tile], self._scene, self._con)
+
+    def _add_markers(self, markers: Sequence[Marker], row: int) -> None:
+        scn = self._scene
+        for mk in markers:
+            if scn.ngeom >= scn.maxgeom:
+                return
+            mujoco.mjv_initGeom(
+                scn.geoms[scn.ngeom],
+                MARKER_KINDS[mk.kind],
+                np.asarray(mk.size, dtype=np.float64),
+                np.asarray(mk.pos[row], dtype=np.float64),
+                _EYE9,
+                np.asarray(mk.rgba, dtype=np.float32),
+            )
+            scn.ngeom += 1
 
     def _recentre_planes(self) -> None:
         scn, d = self._scene, self._data

@@ -10,7 +10,7 @@ import torch
 import sim.render
 from embodied.registry import make_env
 from sim.backend import SimConfigError, make_backend
-from sim.render import FULLPHYSICS, BatchRenderer
+from sim.render import FULLPHYSICS, BatchRenderer, Marker
 
 RGB = {"rgb": {"enabled": True, "width": 32, "height": 24}}
 
@@ -175,3 +175,35 @@ def test_free_camera_sees_the_scene():
     assert frames.shape == (2, 3, 32, 40) and frames.float().std() > 1.0
     assert (frames[0].int() - frames[1].int()).abs().max() <= 2, "same state, same fixed free camera"
     b.close()
+
+
+def test_markers_draw_at_each_envs_own_position():
+    model = mujoco.MjModel.from_xml_string(SCENE)
+    d = mujoco.MjData(model)
+    mujoco.mj_forward(model, d)
+    state = np.empty((2, mujoco.mj_stateSize(model, FULLPHYSICS)))
+    mujoco.mj_getState(model, d, state[0], FULLPHYSICS)
+    state[1] = state[0]
+    br = BatchRenderer(model, 64, 48, 2, "chase")
+    plain = br.render(state).float()
+    # A blue sphere left of the box in env 0, right of it in env 1.
+    pos = np.array([[-0.8, 0.0, 0.5], [0.8, 0.0, 0.5]])
+    marked = br.render(state, markers=[Marker(pos, "sphere", (0.15, 0, 0), (0, 0, 1, 1))]).float()
+    blue = (marked[:, 2] - plain[:, 2]) > 60  # (2, H, W) pixels the marker turned blue
+    cols = [blue[i].nonzero()[:, 1].float().mean().item() for i in range(2)]
+    assert blue[0].any() and blue[1].any() and cols[0] < 32 < cols[1]
+    with pytest.raises(ValueError, match=r"\(n, 3\)"):
+        br.render(state, markers=[Marker(pos[:1])])
+    with pytest.raises(SimConfigError, match="unknown marker kind"):
+        Marker(pos, "cone")
+    br.close()
+
+
+def test_arm_goal_marker_shows_in_frames_and_follows_the_goal():
+    env = make_env("arm_reach", num_envs=2, overrides={"rgb": {"enabled": True}})
+    env.reset()
+    before = env.frames().clone()
+    env.goal_pos = env.goal_pos.flip(0)  # swap the two envs' targets; the arms stay where they are
+    after = env.frames()
+    assert not torch.equal(before, after), "the frames follow the goal, not only qpos"
+    env.close()

@@ -58,7 +58,14 @@ def _mppi(cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> Algorithm:
     return MPPI.from_config(cfg, policy, env)
 
 
+def _grpo(cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> Algorithm:
+    from embodied.algorithms.grpo import GRPO
+
+    return GRPO.from_config(cfg, policy, env)
+
+
 register_algorithm("ppo", _ppo)
 register_algorithm("ppo_lagrangian", _ppo_lagrangian)
 register_algorithm("mppi", _mppi)
 register_algorithm("dyna_ppo", _dyna_ppo)
+register_algorithm("grpo", _grpo)

@@ -7,6 +7,9 @@
     alg.compute_returns(obs)          # on-policy algorithms only (those that define it)
     stats = alg.update()
 
+An algorithm that trains on whole episodes also defines ``begin_rollout(env, obs) -> obs``, called
+before each rollout's first ``act`` (GRPO resets every env there, groups from shared initial states).
+
 With several data-parallel processes every algorithm agrees with its peers through its ``sync``
 attribute: ``sync.grads(params)`` after each backward (before clipping), ``sync.mean`` of scalars
 a schedule reads, ``sync.mean_std`` / ``sync.pooled_mean`` of rollout statistics. ``LocalSync`` (one

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from embodied.algorithms.config import parse_config
 from embodied.algorithms.ppo import PPO, PPOConfig
 from embodied.env import Obs, StepOut
 from embodied.errors import ConfigError
@@ -133,25 +134,7 @@ class DynaPPO(PPO):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> DynaPPO:
-        ppo_keys = {f.name for f in fields(PPOConfig)}
-        dyna_keys = {f.name for f in fields(DynaConfig)}
-        unknown = sorted(set(cfg) - ppo_keys - dyna_keys)
-        if unknown:
-            raise ConfigError(
-                f"unknown algo key(s) {', '.join(unknown)}; dyna_ppo takes: "
-                f"{', '.join(sorted(ppo_keys | dyna_keys))}"
-            )
-        try:
-            pcfg = PPOConfig(**{k: v for k, v in cfg.items() if k in ppo_keys})
-            dcfg = DynaConfig(
-                **{
-                    k: (list(v) if isinstance(v, list | tuple) else v)
-                    for k, v in cfg.items()
-                    if k in dyna_keys
-                }
-            )
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        pcfg, dcfg = parse_config("dyna_ppo", cfg, [PPOConfig, DynaConfig])
         return cls(policy, env, pcfg, dcfg)
 
     # -- collection ------------------------------------------------------------------------------

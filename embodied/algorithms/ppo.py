@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from embodied.algorithms.base import LocalSync
+from embodied.algorithms.config import check_types, parse_config
 from embodied.env import Obs, StepOut
 from embodied.errors import ConfigError
 from embodied.rollout import MiniBatch, RolloutStorage, compute_gae
@@ -39,14 +39,7 @@ class PPOConfig:
     max_learning_rate: float = 1e-2
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value, kind = getattr(self, f.name), type(f.default)
-            # YAML reads "1e-3" (no dot) as a string; catch that here rather than deep in update().
-            allowed = (int, float) if kind is float else (kind,)
-            if not isinstance(value, allowed) or (kind is not bool and isinstance(value, bool)):
-                raise ValueError(f"PPOConfig.{f.name} must be {kind.__name__}, got {value!r}")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"PPOConfig.{f.name} must be finite, got {value}")
+        check_types(self)
         checks = {
             "num_steps_per_env": self.num_steps_per_env >= 1,
             "num_learning_epochs": self.num_learning_epochs >= 1,
@@ -141,16 +134,7 @@ class PPO:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> PPO:
         """PPO from an ``algo`` config block (its keys are PPOConfig's); unknown keys are errors."""
-        known = {f.name for f in fields(PPOConfig)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown algo key(s) {', '.join(unknown)}; PPO takes: {', '.join(sorted(known))}"
-            )
-        try:
-            pcfg = PPOConfig(**cfg)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        (pcfg,) = parse_config("ppo", cfg, [PPOConfig])
         return cls(policy, env.num_envs, pcfg, env.device, env.obs_spec)
 
     @property

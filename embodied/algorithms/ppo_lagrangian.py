@@ -9,12 +9,12 @@ training-only module (it never ships), so it is part of this algorithm's state, 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
 from typing import Any
 
 import torch
 from torch import nn
 
+from embodied.algorithms.config import parse_config
 from embodied.algorithms.lagrange import LagrangeConfig, LagrangeMultiplier
 from embodied.algorithms.ppo import PPO, PPOConfig, value_loss
 from embodied.env import Obs, StepOut
@@ -64,20 +64,9 @@ class PPOLagrangian(PPO):
             raise ConfigError(
                 f"algo=ppo_lagrangian needs cost terms, and task {task} has none (add costs: to its config)"
             )
-        ppo_keys = {f.name for f in fields(PPOConfig)}
-        lag_keys = {f.name for f in fields(LagrangeConfig)}
-        extra = {"cost_critic_hidden_dims"}
-        unknown = sorted(set(cfg) - ppo_keys - lag_keys - extra)
-        if unknown:
-            raise ConfigError(
-                f"unknown algo key(s) {', '.join(unknown)}; ppo_lagrangian takes: "
-                f"{', '.join(sorted(ppo_keys | lag_keys | extra))}"
-            )
-        try:
-            pcfg = PPOConfig(**{k: v for k, v in cfg.items() if k in ppo_keys})
-            lcfg = LagrangeConfig(**{k: v for k, v in cfg.items() if k in lag_keys})
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        pcfg, lcfg = parse_config(
+            "ppo_lagrangian", cfg, [PPOConfig, LagrangeConfig], ["cost_critic_hidden_dims"]
+        )
         hidden = tuple(int(h) for h in cfg.get("cost_critic_hidden_dims", (128, 64, 32)))
         return cls(policy, env.num_envs, pcfg, lcfg, env.device, env.obs_spec, hidden)
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from embodied.errors import ConfigError
-from embodied.task_env import TaskEnv
+from embodied.task_env import Markers, TaskEnv
 from sim.assets import load_model
 from sim.backend import SimBackend, SimConfigError
 
@@ -40,6 +40,7 @@ OBJECTIVES = ("reach", "push", "pick_place")
 ACTION_MODES = ("joint_position", "ee_delta")
 IK_ORIENTATIONS = ("free", "hold")
 ARM_DOF = 7
+GOAL_RGBA = (0.15, 0.85, 0.25, 0.9)
 
 
 @dataclass
@@ -347,6 +348,16 @@ class ArmEnv(TaskEnv):
         if "finger_contact" in cols:
             s.finger_contact = data[:, cols["finger_contact"]] > 0
         return s
+
+    def markers(self) -> list[Markers]:
+        """The goal, drawn into camera frames: a green sphere (reach, pick_place) of the success
+        radius, or a green pad of that radius flat on the table (push)."""
+        r = float(self.success_threshold)
+        if self.objective == "push":
+            pad = self.goal_pos.clone()
+            pad[:, 2] = self.table_height + 0.001
+            return [Markers(pad, "cylinder", (r, 0.001, 0.0), GOAL_RGBA)]
+        return [Markers(self.goal_pos, "sphere", (r, 0.0, 0.0), GOAL_RGBA)]
 
     def _advance(self, s: ArmState) -> None:
         self.last_action = s.action

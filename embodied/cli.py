@@ -289,6 +289,7 @@ def _train(args: list[str], cfg: DictConfig | None = None) -> int:
         world_size=world,
         is_main=main_rank,
         reduce_stats=None if ctx is None else ctx.reduce_stats,
+        random_episode_start=bool(cfg.train.get("random_episode_start", False)),
     )
     try:
         runner.learn(int(cfg.train.max_iterations), start_it, start_steps)

@@ -111,6 +111,7 @@ class Runner:
         world_size: int = 1,
         is_main: bool = True,
         reduce_stats: Callable[[dict[str, float]], dict[str, float]] | None = None,
+        random_episode_start: bool = False,
     ) -> None:
         self.env, self.alg, self.logger = env, alg, logger
         self.observers = list(observers)
@@ -125,6 +126,8 @@ class Runner:
         # scalars are reduced over ranks, and only the main rank logs and checkpoints.
         self.world_size, self.is_main, self.reduce_stats = world_size, is_main, reduce_stats
         self.total_steps = 0
+        # Desynchronize the envs' time limits once at the start (train.random_episode_start).
+        self.random_episode_start = random_episode_start
 
     def learn(self, max_iterations: int, start_iteration: int = 0, start_steps: int = 0) -> None:
         env, alg = self.env, self.alg
@@ -134,6 +137,8 @@ class Runner:
         self.total_steps = start_steps
         tracker = EpisodeTracker(env.num_envs, env.device)
         obs = env.reset()
+        if self.random_episode_start and hasattr(env, "randomize_episode_lengths"):
+            env.randomize_episode_lengths()
         alg.train_mode()
         bar = tqdm(
             range(start_iteration, max_iterations),

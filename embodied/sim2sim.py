@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from embodied.errors import ConfigError
 
-TARGETS = ("mujoco",)
+TARGETS = ("mujoco", "genesis", "mjwarp")  # mujoco: MujocoRobot; the others: BackendRobot
 RANGED = ("mass_scale", "friction_scale", "motor_strength")
 
 
@@ -64,8 +64,10 @@ def run_target(
     seed: int,
     video_path: Path | None,
 ) -> dict[str, Any]:
-    """The exported policy through DeployRunner + MujocoRobot: one robot per episode."""
+    """The exported policy through DeployRunner and a simulated robot of the target engine (MujocoRobot,
+    or BackendRobot for genesis / mjwarp): one robot per episode."""
     from embodied.deploy import DeployRunner, MujocoRobot, Perturbation, load_manifest
+    from embodied.deploy.backend_robot import BackendRobot
     from sim.assets import resolve_model_path
 
     exported = run_dir / "exported"
@@ -76,15 +78,16 @@ def run_target(
         round(float(s2s["episode_s"]) / manifest.control.dt),
         round(float(s2s["warmup_s"]) / manifest.control.dt),
     )
-    errors, fell, lengths, measured, hits, frames = [], [], [], [], {"joint_limit": 0, "torque_limit": 0}, []
+    errors, fell, lengths, measured, hits, frames = [], [], [], [], {}, []
+    engine = str(s2s.get("target_engine", "mujoco"))
     for e in range(episodes):
-        robot = MujocoRobot(
-            model,
+        common = dict(
             physics_dt=manifest.control.physics_dt,
             decimation=manifest.control.decimation,
             perturb=Perturbation.from_dict(perts[e]),
             seed=seed + e,
         )
+        robot = MujocoRobot(model, **common) if engine == "mujoco" else BackendRobot(engine, model, **common)
         runner = DeployRunner(exported, robot)
         cmd, err, vx, down = commands[e].astype(np.float32), [], [], False
         for t in range(steps):
@@ -100,7 +103,7 @@ def run_target(
                 down = True
                 break
         for k, v in robot.limit_hits().items():
-            hits[k] += int(v)
+            hits[k] = hits.get(k, 0) + int(v)
         robot.close()
         errors.append(float(np.mean(err)) if err else float("nan"))
         measured.append(float(np.mean(vx)) if vx else float("nan"))
@@ -223,6 +226,11 @@ def sim2sim(
     if str(run_cfg.task.get("family")) in ("manipulation", "driving"):
         from embodied.sim2sim_tasks import sim2sim_task
 
+        if target != "mujoco":
+            raise ConfigError(
+                f"sim2sim target={target} drives locomotion policies; arm and car runs are checked in mujoco"
+            )
+
         perts = episode_perturbations(presets[preset_name] or {}, episodes, seed)
         return sim2sim_task(run_dir, run_cfg, s2s, preset_name, perts, seed=seed, out_dir=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +238,7 @@ def sim2sim(
     tgt = run_target(
         run_dir,
         run_cfg,
-        s2s,
+        {**s2s, "target_engine": target},
         presets[preset_name] or {},
         episodes=episodes,
         seed=seed,

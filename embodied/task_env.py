@@ -378,6 +378,16 @@ class TaskEnv:
             self._action_buf = torch.where(mask[:, None, None], 0.0, self._action_buf)
             self._dr_log["log/dr/latency_steps"] = self.latency.float().mean()
 
+    def randomize_episode_lengths(self) -> None:
+        """Start every env at a uniform random step of its episode (rsl_rl's init_at_random_ep_len).
+
+        Called once when training starts: the envs' time limits then fall on different steps, so
+        the learning curve does not dip every ``max_episode_length`` steps when all of them reset.
+        """
+        self.episode_length = torch.randint(
+            0, self.max_episode_length, (self.num_envs,), generator=self.generator, device=self.device
+        )
+
     def _reset(self, mask: torch.Tensor) -> None:
         self._resample_randomization(mask)
         qpos, qvel = self._reset_state(mask)

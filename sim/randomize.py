@@ -44,8 +44,12 @@ class PhysicsParams:
 
     @classmethod
     def nominal(cls, n: int, nbody: int, device: torch.device | str = "cpu") -> PhysicsParams:
-        one = torch.ones(n, device=device)
-        return cls(one, torch.ones(n, nbody, device=device), torch.zeros(n, 3, device=device), one, one, one)
+        def one() -> torch.Tensor:  # a tensor per field: filling one in place must not change another
+            return torch.ones(n, device=device)
+
+        return cls(
+            one(), torch.ones(n, nbody, device=device), torch.zeros(n, 3, device=device), one(), one(), one()
+        )
 
     def means(self) -> dict[str, float]:
         """Batch means, for logging what the run trained on."""

@@ -15,6 +15,7 @@ from embodied.errors import ConfigError
 from embodied.export import export_from_env
 from embodied.sim2sim import episode_perturbations, sim2sim
 from embodied.workflow import build_env, load_policy
+from sim.backend import unavailable_reason
 from tests.test_cli import embodied
 from tests.test_train_e2e import TINY
 
@@ -130,3 +131,47 @@ def test_presets_cover_their_corners_first():
     assert corners == {(0.8, 0.5), (0.8, 1.25), (1.2, 0.5), (1.2, 1.25)}
     assert all(p["latency_s"] == 0.02 for p in perts)
     assert all(0.8 <= p["mass_scale"] <= 1.2 for p in perts[4:])
+
+
+def test_backend_robot_on_mujoco_follows_the_mujoco_robot():
+    """The same targets through the batched MuJoCo backend and through one MjData: the same motion."""
+    import numpy as np
+
+    from embodied.deploy import MujocoRobot, Perturbation
+    from embodied.deploy.backend_robot import BackendRobot
+    from sim.assets import resolve_model_path
+
+    model = resolve_model_path("go2_flat.xml")
+    pert = Perturbation(mass_scale=1.1, latency_s=0.01)
+    a = MujocoRobot(model, physics_dt=0.005, decimation=4, perturb=pert)
+    b = BackendRobot("mujoco", model, physics_dt=0.005, decimation=4, perturb=pert)
+    assert a.joint_names == b.joint_names and b.latency_steps == 2
+    q0 = a.read().joint_pos
+    kp, kd = np.full(12, 20.0), np.full(12, 0.5)
+    for t in range(25):
+        q = q0 + 0.2 * np.sin(0.3 * t)
+        for r in (a, b):
+            r.write_targets(q, kp, kd)
+            r.advance()
+    ra, rb = a.read(), b.read()
+    np.testing.assert_allclose(ra.joint_pos, rb.joint_pos, atol=2e-3)
+    np.testing.assert_allclose(a.base_state().pos, b.base_state().pos, atol=2e-3)
+    with pytest.raises(Exception, match="one factor"):
+        b.write_targets(q0, np.linspace(10, 30, 12), kd)
+    a.close()
+    b.close()
+
+
+@pytest.mark.skipif(unavailable_reason("genesis") is not None, reason="genesis-world is not installed")
+def test_sim2sim_into_genesis_runs_the_exported_files(standing_run, quick_config):
+    r = sim2sim(standing_run, target="genesis", preset_name="nominal", config_path=quick_config)
+    assert r["target_engine"] == "genesis" and r["verdict"] == "PASS" and r["falls"] == 0
+    assert r["target"]["steps"] == [100, 100] and "diverged" in r["limit_hits"]
+
+
+def test_arm_and_car_runs_refuse_a_non_mujoco_target(tmp_path):
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "deploy.yaml").write_text("{}")
+    (tmp_path / "config.yaml").write_text("task: {family: manipulation}\n")
+    with pytest.raises(ConfigError, match="checked in mujoco"):
+        sim2sim(tmp_path, target="genesis", preset_name="nominal")

@@ -1,7 +1,8 @@
 """Robot-side deployment: read deploy.yaml, observation.onnx and policy.onnx and drive a robot.
 
 No torch, no training code. `DeployRunner` and `ObservationBuilder` (need onnxruntime) and
-`MujocoRobot` (needs mujoco) load on first use, so a robot that only validates a manifest needs
+`MujocoRobot` (needs mujoco) and `BackendRobot` (a simulated robot on any engine: torch and the
+engine) load on first use, so a robot that only validates a manifest needs
 neither.
 """
 
@@ -18,9 +19,12 @@ _LAZY = {
     "MujocoRobot": "embodied.deploy.mujoco_robot",
     "Perturbation": "embodied.deploy.mujoco_robot",
     "BaseState": "embodied.deploy.mujoco_robot",
+    "BackendRobot": "embodied.deploy.backend_robot",
+    "VLARunner": "embodied.deploy.vla_runner",
 }
 
 __all__ = [
+    "BackendRobot",
     "BaseState",
     "DeployError",
     "DeployRunner",
@@ -31,6 +35,7 @@ __all__ = [
     "Perturbation",
     "RobotInterface",
     "RobotReading",
+    "VLARunner",
     "load_manifest",
 ]
 

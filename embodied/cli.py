@@ -43,6 +43,9 @@ USAGE = """usage: embodied <command> [key=value ...]
           the real rollout beside K imagined futures drawn as ghosts: <run>/world_model/futures.mp4, .png
   fit-actuator data=<log.csv|.parquet> model=dc_motor|mlp [out=<path>] [torque_constant=<N m/A>]
           fits an actuator model to a robot log (docs/actuator_log.md); use it with task.actuator.path
+  demos   run=<run dir> episodes=N [out=<dir>] [num_envs=N] [seed=0] [state=<obs group>] [task.|sim.<key>=v]
+          the run's policy with its camera on: whole episodes in LeRobot's layout v3.0 (docs/datasets.md)
+  dataset-info data=<dataset dir>   episodes, frames, cameras, tasks and success of a LeRobot dataset
 Plugins: EMBODIED_PLUGINS=mod1,mod2 imports modules that register algorithms, policies, filters or
 terms; EMBODIED_CONFIG_PATH=dir1:dir2 adds config directories (algo/, policy/, task/, ...)."""
 
@@ -481,6 +484,8 @@ COMMANDS = {
     "wm-train": lambda args: _lazy("embodied.cli_models", "cmd_wm_train", args),
     "imagine": lambda args: _lazy("embodied.cli_models", "cmd_imagine", args),
     "fit-actuator": lambda args: _lazy("embodied.actuator_cli", "cmd_fit_actuator", args),
+    "demos": lambda args: _lazy("embodied.demos", "cmd_demos", args),
+    "dataset-info": lambda args: _lazy("embodied.demos", "cmd_dataset_info", args),
 }
 
 

@@ -60,6 +60,14 @@ def _locomotion(cfg: Mapping[str, Any], backend: Any, seed: int) -> BatchedEnv:
 
 
 def _manipulation(cfg: Mapping[str, Any], backend: Any, seed: int) -> BatchedEnv:
+    variant = cfg.get("variant")
+    if variant == "multi_object":  # several cubes and pads, an instruction per episode
+        from embodied.tasks.arm_multi import ArmMultiEnv
+
+        return ArmMultiEnv(cfg, backend, seed)
+    if variant is not None:
+        backend.close()
+        raise ConfigError(f"unknown manipulation variant {variant!r}; known: multi_object")
     from embodied.tasks.manipulation import ArmEnv
 
     return ArmEnv(cfg, backend, seed)

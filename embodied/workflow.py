@@ -91,6 +91,8 @@ def build_policy(cfg: DictConfig, env: BatchedEnv) -> nn.Module:
     """The registered policy ``policy.name`` for the env's observation spec and action size."""
     p: dict[str, Any] = OmegaConf.to_container(cfg.policy, resolve=True)
     name = str(p.pop("name", "mlp"))
+    if "instructions" in p and p["instructions"] is None:  # a policy that reads the task's text
+        p["instructions"] = [str(t) for t in getattr(env, "instructions", None) or []]
     try:
         return build_registered_policy(name, env.obs_spec, env.action_dim, p).to(env.device)
     except ValueError as e:
@@ -137,6 +139,13 @@ def load_policy(
         raise ConfigError(f"{run_dir} has no checkpoint in checkpoints/")
     ckpt = load_checkpoint(path, task=str(cfg.task.name), obs_spec=env.obs_spec)
     policy = build_policy(cfg, env)
-    load_module_state(policy, ckpt["policy"]["state"], f"checkpoint {path}")
+    state = ckpt["policy"]["state"]
+    adapt = getattr(policy, "adapt_checkpoint_state", None)  # e.g. the VLA's table onto this task's text
+    state = adapt(state) if adapt is not None else state
+    try:
+        load_module_state(policy, state, f"checkpoint {path}")
+    except ValueError as e:  # a policy's own state check (the VLA's instruction list)
+        raise ConfigError(str(e).splitlines()[0]) from None
     policy.eval()
+    bind_policy(getattr(env, "filters", None), policy)  # eval and play imagine with the policy too
     return policy, ckpt

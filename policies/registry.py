@@ -16,9 +16,10 @@ from torch import nn
 
 from policies.actor_critic import ActorCritic
 from policies.spec import TensorSpec
+from policies.vla import build_vla
 
 PolicyBuilder = Callable[..., nn.Module]
-POLICIES: dict[str, PolicyBuilder] = {"mlp": ActorCritic}
+POLICIES: dict[str, PolicyBuilder] = {"mlp": ActorCritic, "vla": build_vla}
 
 
 def register_policy(name: str, builder: PolicyBuilder) -> None:

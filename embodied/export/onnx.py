@@ -493,7 +493,12 @@ def export_run(run_dir: Path, checkpoint: Path | None = None) -> Path:
     env = build_env(cfg, num_envs=4)
     try:
         ac, _ = load_policy(run_dir, cfg, env, str(checkpoint) if checkpoint else None)
-        diffs = export_from_env(env, ac, cfg.task, run_dir / "exported")
+        if hasattr(ac, "chunk_from_embedding"):  # a VLA policy: image + instruction + proprio graphs
+            from embodied.export.vla import export_vla
+
+            diffs = export_vla(env, ac, cfg.task, run_dir / "exported")
+        else:
+            diffs = export_from_env(env, ac, cfg.task, run_dir / "exported")
     finally:
         env.close()
     log.info("exported %s (max |diff| vs torch: %s)", run_dir / "exported", diffs)

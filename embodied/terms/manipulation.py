@@ -131,6 +131,26 @@ def arm_contacts(s) -> torch.Tensor:  # 2: arm-table, arm-arm
     return torch.stack([s.table_contact, s.self_contact], -1).float()
 
 
+# Multi-object scenes (arm_multi): ``s.goal`` (N, 2) names a cube and a pad; object_* and goal_*
+# above then read that cube and that pad.
+def goal_onehot(s) -> torch.Tensor:  # K + P: one-hot of the goal's cube, then of its pad
+    k, p = s.cubes_pos.shape[1], s.pads_pos.shape[1]
+    cube = torch.nn.functional.one_hot(s.goal[:, 0], k)
+    return torch.cat([cube, torch.nn.functional.one_hot(s.goal[:, 1], p)], -1).float()
+
+
+def cubes_pos(s) -> torch.Tensor:  # 3 K: every cube's centre, in the scene's cube order
+    return s.cubes_pos.flatten(1)
+
+
+def cubes_lin_vel(s) -> torch.Tensor:  # 3 K
+    return s.cubes_lin_vel.flatten(1)
+
+
+def pads_pos(s) -> torch.Tensor:  # 3 P: every target pad's centre on the table
+    return s.pads_pos.flatten(1)
+
+
 # -- terminations --------------------------------------------------------------------------------
 def object_out_of_bounds(s, max_height: float = 0.8, drop: float = 0.05) -> torch.Tensor:
     """The cube fell off the table (``drop`` m below its top), left it, or flew over ``max_height``."""
@@ -138,6 +158,14 @@ def object_out_of_bounds(s, max_height: float = 0.8, drop: float = 0.05) -> torc
     off_table = ((p[:, :2] < lo) | (p[:, :2] > hi)).any(-1)
     z = p[:, 2] - s.table_height
     return off_table | (z < -drop) | (z > max_height)
+
+
+def cubes_out_of_bounds(s, max_height: float = 0.8, drop: float = 0.05) -> torch.Tensor:
+    """Any cube of a multi-object scene fell off the table, left it, or flew over ``max_height``."""
+    p, (lo, hi) = s.cubes_pos, s.table_bounds
+    off_table = ((p[..., :2] < lo) | (p[..., :2] > hi)).any(-1)
+    z = p[..., 2] - s.table_height
+    return (off_table | (z < -drop) | (z > max_height)).any(-1)
 
 
 # -- costs ---------------------------------------------------------------------------------------
@@ -185,6 +213,10 @@ MANIP_OBSERVATIONS = _table(
     gripper_pos,
     finger_contact,
     arm_contacts,
+    goal_onehot,
+    cubes_pos,
+    cubes_lin_vel,
+    pads_pos,
 )
-MANIP_TERMINATIONS = _table(object_out_of_bounds)
+MANIP_TERMINATIONS = _table(object_out_of_bounds, cubes_out_of_bounds)
 MANIP_COSTS = _table(arm_table_contact, arm_self_contact, ee_speed_over_limit)

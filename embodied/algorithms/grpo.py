@@ -203,7 +203,7 @@ class GRPO:
         success = out.info.get("metric/success")
         if self.cfg.reward == "success" and success is None:
             raise ConfigError("algo.reward=success needs a task that reports metric/success")
-        last = alive & (done | torch.tensor(self.t == self.steps - 1, device=self.device))
+        last = alive if self.t == self.steps - 1 else alive & done  # the episode's scored step
         if success is not None:
             # Success counts only where the episode ended on the goal (a terminal failure scores 0).
             ok = success.to(self.device).float() * (~out.terminated).float()

@@ -177,14 +177,7 @@ class BackendRobot:
 
     def base_state(self) -> BaseState:
         qpos, qvel = self._state()
-        quat, lin = qpos[3:7].copy(), qvel[0:3].copy()
-        return BaseState(
-            pos=qpos[0:3].copy(),
-            quat=quat,
-            lin_vel_world=lin,
-            lin_vel_base=_to_base(quat, lin),
-            ang_vel_base=qvel[3:6].copy(),
-        )
+        return BaseState.from_free_joint(qpos[0:7], qvel[0:6])
 
     def contacts(self, names: list[str]) -> dict[str, bool]:
         """Whether each named contact sensor currently touches."""

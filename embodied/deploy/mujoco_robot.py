@@ -72,6 +72,12 @@ class BaseState:
     lin_vel_base: np.ndarray  # (3,) m/s, base frame
     ang_vel_base: np.ndarray  # (3,) rad/s, base frame
 
+    @classmethod
+    def from_free_joint(cls, qpos: np.ndarray, qvel: np.ndarray) -> BaseState:
+        """From a free joint's 7 qpos (xyz, quat wxyz) and 6 qvel (world linear, local angular)."""
+        quat, lin = np.array(qpos[3:7], dtype=np.float64), np.array(qvel[0:3], dtype=np.float64)
+        return cls(np.array(qpos[0:3], dtype=np.float64), quat, lin, _to_base(quat, lin), np.array(qvel[3:6]))
+
 
 class MujocoRobot:
     """RobotInterface on one MuJoCo model with a free-joint base and position-servo actuators."""
@@ -230,15 +236,7 @@ class MujocoRobot:
 
     def base_state(self) -> BaseState:
         d = self.data
-        quat = d.qpos[self._fq + 3 : self._fq + 7].copy()
-        lin = d.qvel[self._fd : self._fd + 3].copy()
-        return BaseState(
-            pos=d.qpos[self._fq : self._fq + 3].copy(),
-            quat=quat,
-            lin_vel_world=lin,
-            lin_vel_base=_to_base(quat, lin),
-            ang_vel_base=d.qvel[self._fd + 3 : self._fd + 6].copy(),
-        )
+        return BaseState.from_free_joint(d.qpos[self._fq : self._fq + 7], d.qvel[self._fd : self._fd + 6])
 
     def contacts(self, names: list[str]) -> dict[str, bool]:
         """Whether each named contact sensor (e.g. "FL_foot_contact") currently touches."""

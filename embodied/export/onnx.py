@@ -32,6 +32,7 @@ import onnxruntime as ort
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from embodied.export.action_modes import ActionInterface, action_interface
 from embodied.export.graph import ExportedPolicy, ExportError, check_pipeline
@@ -222,21 +223,34 @@ def check_parity(
     return diffs
 
 
-def _write_onnx(
-    policy: ExportedPolicy, path: Path, embedded_yaml: str, output: str = "joint_targets"
+def trace_to_onnx(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> None:
-    example = torch.zeros(1, policy.obs_dim)
+    """Trace ``module`` on ``example`` into ``path`` at OPSET; every input and output batched on dim 0
+    unless ``dynamic_axes`` says otherwise."""
+    axes = dict(dynamic_axes) if dynamic_axes else {k: {0: "batch"} for k in (*inputs, *outputs)}
     with _quiet_deprecations():
         torch.onnx.export(
-            policy,
-            (example,),
+            module,
+            example,
             str(path),
             dynamo=False,
             opset_version=OPSET,
-            input_names=["obs"],
-            output_names=[output, "actions"],
-            dynamic_axes={k: {0: "batch"} for k in ("obs", output, "actions")},
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes=axes,
         )
+
+
+def _write_onnx(
+    policy: ExportedPolicy, path: Path, embedded_yaml: str, output: str = "joint_targets"
+) -> None:
+    trace_to_onnx(policy, (torch.zeros(1, policy.obs_dim),), path, ["obs"], [output, "actions"])
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
     entry.key, entry.value = "deploy_yaml", embedded_yaml
@@ -269,17 +283,7 @@ def write_observation_onnx(graph: ObservationGraph, path: Path, layout_yaml: str
     ``metadata_props["observations"]``.
     """
     example = tuple(torch.zeros(1, graph.widths[k]) for k in graph.inputs)
-    with _quiet_deprecations():
-        torch.onnx.export(
-            graph,
-            example,
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=list(graph.inputs),
-            output_names=list(graph.outputs),
-            dynamic_axes={k: {0: "batch"} for k in (*graph.inputs, *graph.outputs)},
-        )
+    trace_to_onnx(graph, example, path, list(graph.inputs), list(graph.outputs))
     model = onnx.load(str(path))
     if layout_yaml:
         entry = model.metadata_props.add()

@@ -43,7 +43,7 @@ from torch import nn
 
 from embodied.export.action_modes import ActionInterface, action_interface
 from embodied.export.graph import ExportError
-from embodied.export.onnx import OPSET, _f32, _fsync, _quiet_deprecations, dump_yaml, sha256
+from embodied.export.onnx import _f32, _fsync, dump_yaml, sha256, trace_to_onnx
 from policies.safety import FilterChain, FilterError, build_chain
 
 PARITY_TOL = 1e-4
@@ -130,38 +130,18 @@ def write_policy_onnx(graph: VLAExportGraph, path: Path, output: str, embedded_y
         torch.zeros(1, 384),
         torch.zeros(1, graph.proprio_dim),
     )
-    names = [output, "actions", "chunk"]
-    with _quiet_deprecations():
-        torch.onnx.export(
-            graph,
-            example,
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=list(POLICY_INPUTS),
-            output_names=names,
-            dynamic_axes={k: {0: "batch"} for k in (*POLICY_INPUTS, *names)},
-        )
+    trace_to_onnx(graph, example, path, list(POLICY_INPUTS), [output, "actions", "chunk"])
     _embed_metadata(path, embedded_yaml)
 
 
 def write_text_encoder_onnx(encoder: nn.Module, path: Path) -> None:
     example = (torch.ones(1, 8, dtype=torch.int64), torch.ones(1, 8, dtype=torch.int64))
     axes = {k: {0: "batch", 1: "tokens"} for k in TEXT_INPUTS} | {"embedding": {0: "batch"}}
-    with _quiet_deprecations(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         # transformers' mask code branches on shapes; traced once, the graph keeps the general path
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*opset9.index.*|.*index.*", category=UserWarning)
-        torch.onnx.export(
-            TextEncoderGraph(encoder).eval(),
-            example,
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=list(TEXT_INPUTS),
-            output_names=["embedding"],
-            dynamic_axes=axes,
-        )
+        trace_to_onnx(TextEncoderGraph(encoder).eval(), example, path, list(TEXT_INPUTS), ["embedding"], axes)
     _embed_metadata(path, "")
 
 

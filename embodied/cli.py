@@ -43,9 +43,13 @@ USAGE = """usage: embodied <command> [key=value ...]
           the real rollout beside K imagined futures drawn as ghosts: <run>/world_model/futures.mp4, .png
   fit-actuator data=<log.csv|.parquet> model=dc_motor|mlp [out=<path>] [torque_constant=<N m/A>]
           fits an actuator model to a robot log (docs/actuator_log.md); use it with task.actuator.path
-  demos   run=<run dir> episodes=N [out=<dir>] [num_envs=N] [seed=0] [state=<obs group>] [task.|sim.<key>=v]
+  demos   run=<run dir> episodes=N [out=<dir>] [num_envs=N] [seed=0] [state=<group>] [task.|sim.|safety.<k>=v]
           the run's policy with its camera on: whole episodes in LeRobot's layout v3.0 (docs/datasets.md)
   dataset-info data=<dataset dir>   episodes, frames, cameras, tasks and success of a LeRobot dataset
+  vla-pretrain data=<dataset dir> [epochs=20] [batch_size=256] [lr=3e-4] [val_fraction=0.1] [shift=4]
+          [policy.<key>=v ...] [run_dir=<dir>]   behaviour cloning of policy=vla on the dataset's
+          episodes (a held-out validation split); a run directory eval, play, export and
+          `train train.init_from=<run>` read; resume=<run> continues it
 Plugins: EMBODIED_PLUGINS=mod1,mod2 imports modules that register algorithms, policies, filters or
 terms; EMBODIED_CONFIG_PATH=dir1:dir2 adds config directories (algo/, policy/, task/, ...)."""
 
@@ -231,7 +235,15 @@ def _train(args: list[str], cfg: DictConfig | None = None) -> int:
         num_envs, rank_seed = dd.rank_envs(int(total), int(cfg.seed), ctx, dcfg.envs)
         torch.manual_seed(rank_seed)
         env = build_env(cfg, num_envs=num_envs, seed=rank_seed)
-    alg = build_algo(cfg, env, build_policy(cfg, env))
+    policy = build_policy(cfg, env)
+    init_from = cfg.train.get("init_from")
+    if init_from and not resume:  # e.g. RL fine-tuning of a pretrained (behaviour-cloned) policy
+        from embodied.workflow import init_policy
+
+        source = init_policy(policy, Path(str(init_from)), cfg, env)
+        if main_rank:
+            print(f"policy initialized from {source}", file=sys.stderr)
+    alg = build_algo(cfg, env, policy)
     vlm_check = None
     if not resume and main_rank:  # a VLM reward is checked before training spends on it
         from embodied.rewards.check import gate
@@ -253,6 +265,32 @@ def _train(args: list[str], cfg: DictConfig | None = None) -> int:
                 device=env.device,
             )
         )
+    record = int((cfg.get("record") or {}).get("episodes", 0) or 0)
+    if record > 0 and main_rank:  # whole training episodes as a LeRobot dataset (RL rollouts)
+        from embodied.data.lerobot_record import rollout_recorder
+
+        name = "rollouts" if not resume else f"rollouts_resumed_{time.strftime('%Y%m%d-%H%M%S')}"
+        info = {"embodied": {"task": str(cfg.task.name), "run": str(run_dir), "source": "training"}}
+        observers.append(
+            rollout_recorder(
+                run_dir / name,
+                env,
+                task=str(cfg.task.name),
+                max_episodes=record,
+                robot_type=str(cfg.task.name),
+                info_extra=info,
+            )
+        )
+    if cfg.task.get("barriers") and main_rank:  # hard constraints: violations counted, filter or not
+        from embodied.barrier_monitor import BarrierMonitor
+
+        barriers = OmegaConf.to_container(cfg.task.barriers, resolve=True)
+        tol = OmegaConf.to_container(cfg.task.get("barrier_tolerance") or {}, resolve=True)
+        try:
+            monitor = BarrierMonitor(env, barriers, tol, path=run_dir / "safety" / "barriers.json")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        observers.append(monitor)
     if not resume and main_rank:  # written once the config has built: a rejected config leaves no run
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -486,6 +524,8 @@ COMMANDS = {
     "fit-actuator": lambda args: _lazy("embodied.actuator_cli", "cmd_fit_actuator", args),
     "demos": lambda args: _lazy("embodied.demos", "cmd_demos", args),
     "dataset-info": lambda args: _lazy("embodied.demos", "cmd_dataset_info", args),
+    "vlm-train": lambda args: _lazy("embodied.rewards.sim_vlm_train", "cmd_vlm_train", args),
+    "vla-pretrain": lambda args: _lazy("embodied.vla_pretrain", "cmd_vla_pretrain", args),
 }
 
 

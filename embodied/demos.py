@@ -77,7 +77,7 @@ def cmd_demos(args: list[str]) -> int:
     from embodied.cli import _kv
     from embodied.workflow import build_env, load_run, set_threads
 
-    overrides = [a for a in args if a.startswith(("task.", "sim.", "threads."))]
+    overrides = [a for a in args if a.startswith(("task.", "sim.", "threads.", "safety."))]
     allowed = {"run": "", "episodes": 16, "out": "", "num_envs": 0, "seed": 0, "checkpoint": ""}
     allowed.update({"state": "", "overwrite": False})
     try:

@@ -149,3 +149,27 @@ def load_policy(
     policy.eval()
     bind_policy(getattr(env, "filters", None), policy)  # eval and play imagine with the policy too
     return policy, ckpt
+
+
+def init_policy(policy: nn.Module, source: Path, cfg: DictConfig, env: BatchedEnv) -> Path:
+    """Load the weights of ``source`` (a run directory: its newest checkpoint; or a checkpoint file)
+    into ``policy``, which must be the same policy on the same task; returns the checkpoint used."""
+    from embodied.checkpoint import latest_checkpoint, load_checkpoint, load_module_state
+
+    path = latest_checkpoint(source) if source.is_dir() else source
+    if path is None:
+        raise ConfigError(f"train.init_from: {source} has no checkpoint in checkpoints/")
+    ckpt = load_checkpoint(path, task=str(cfg.task.name), obs_spec=env.obs_spec)
+    name = str(cfg.policy.get("name", "mlp"))
+    if ckpt.get("policy_name", name) != name:
+        raise ConfigError(
+            f"train.init_from: {path} holds policy={ckpt['policy_name']}, this run policy={name}"
+        )
+    state = ckpt["policy"]["state"]
+    adapt = getattr(policy, "adapt_checkpoint_state", None)
+    state = adapt(state) if adapt is not None else state
+    try:
+        load_module_state(policy, state, f"train.init_from: {path}")
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    return path

@@ -384,8 +384,15 @@ def cmd_export(args: list[str]) -> int:
     o = _kv(args, {"run": "", "checkpoint": ""}, "export")
     run_dir, _ = load_run(o["run"])
     out = _export(run_dir, o["checkpoint"] or None)
-    names = ("policy.onnx", "policy.ts", "observation.onnx", "deploy.yaml")
-    print("wrote " + ", ".join(str(out / n) for n in names))
+    names = (
+        "policy.onnx",
+        "policy.ts",
+        "observation.onnx",
+        "text_encoder.onnx",
+        "tokenizer.json",
+        "deploy.yaml",
+    )
+    print("wrote " + ", ".join(str(out / n) for n in names if (out / n).is_file()))
     return 0
 
 

@@ -170,3 +170,21 @@ def test_grpo_fine_tuning_under_the_filter_records_rollouts_and_counts_violation
     with (run / "metrics.csv").open() as f:
         row = next(csv.DictReader(f))
     assert "env/safety/cbf/intervention_rate" in row and "grpo/success" in row
+
+
+def test_a_vla_checkpoint_on_a_task_without_rgb_or_instruction_is_a_one_line_error(pretrained, tmp_path):
+    common = [*TINY, "train.max_iterations=1", f"train.init_from={pretrained}", f"run_dir={tmp_path / 'x'}"]
+    p = embodied("train", "task=arm_reach", "policy=vla", "task.rgb.enabled=true", *common)
+    assert_one_line_error(p, "needs the instruction observation group")
+    p = embodied("train", "task=arm_multi", "policy=vla", *common)  # no camera frames
+    assert_one_line_error(p, "needs the rgb observation group")
+    p = embodied(
+        "train", "task=arm_multi", "policy=mlp", f"train.init_from={pretrained}", f"run_dir={tmp_path / 'y'}"
+    )
+    assert_one_line_error(p, "was trained on observations")  # the mlp's env has no camera either
+    p = embodied(
+        "train", "task=arm_multi", "policy=mlp", "task.rgb.enabled=true", *SMALL[:3], f"train.init_from={pretrained}",
+        f"run_dir={tmp_path / 'y'}",
+    )  # fmt: skip
+    assert_one_line_error(p, "holds policy=vla, this run policy=mlp")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

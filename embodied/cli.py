@@ -419,6 +419,8 @@ def cmd_play(args: list[str]) -> int:
     o = _kv(args, {"run": "", "checkpoint": "", "seconds": 10.0, "num_envs": 1, "seed": 0}, "play")
     run_dir, cfg = load_run(o["run"])
     set_threads(cfg)
+    if cfg.task.get("group_size") is not None:  # identical group resets are for training (GRPO) only
+        cfg.task.group_size = 1
     env = build_env(cfg, num_envs=o["num_envs"], seed=o["seed"])
     policy, _ = load_policy(run_dir, cfg, env, o["checkpoint"] or None)
     obs, info, video = env.reset(seed=o["seed"]), None, CostVideo(fps=round(1.0 / env.dt))

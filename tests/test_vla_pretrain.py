@@ -170,6 +170,8 @@ def test_grpo_fine_tuning_under_the_filter_records_rollouts_and_counts_violation
     with (run / "metrics.csv").open() as f:
         row = next(csv.DictReader(f))
     assert "env/safety/cbf/intervention_rate" in row and "grpo/success" in row
+    p = embodied("play", f"run={run}", "seconds=0.2")  # one env: the training groups do not apply
+    assert p.returncode == 0, p.stderr
 
 
 def test_a_vla_checkpoint_on_a_task_without_rgb_or_instruction_is_a_one_line_error(pretrained, tmp_path):

@@ -285,7 +285,8 @@ def _train(args: list[str], cfg: DictConfig | None = None) -> int:
         from embodied.barrier_monitor import BarrierMonitor
 
         barriers = OmegaConf.to_container(cfg.task.barriers, resolve=True)
-        tol = OmegaConf.to_container(cfg.task.get("barrier_tolerance") or {}, resolve=True)
+        node = cfg.task.get("barrier_tolerance")
+        tol = {} if node is None else OmegaConf.to_container(node, resolve=True)
         try:
             monitor = BarrierMonitor(env, barriers, tol, path=run_dir / "safety" / "barriers.json")
         except ValueError as e:
@@ -533,7 +534,6 @@ COMMANDS = {
     "fit-actuator": lambda args: _lazy("embodied.actuator_cli", "cmd_fit_actuator", args),
     "demos": lambda args: _lazy("embodied.demos", "cmd_demos", args),
     "dataset-info": lambda args: _lazy("embodied.demos", "cmd_dataset_info", args),
-    "vlm-train": lambda args: _lazy("embodied.rewards.sim_vlm_train", "cmd_vlm_train", args),
     "vla-pretrain": lambda args: _lazy("embodied.vla_pretrain", "cmd_vla_pretrain", args),
 }
 

@@ -49,10 +49,9 @@ def run_setting(run: Path, overrides: list[str], num_envs: int, seed: int) -> di
     cfg.merge_with_dotlist(["threads.torch=2", *overrides])
     set_threads(cfg)
     env = build_env(cfg, num_envs=num_envs, seed=seed)
-    barriers = OmegaConf.to_container(cfg.task.barriers, resolve=True)
-    node = cfg.task.get("barrier_tolerance")
-    tol = {} if node is None else OmegaConf.to_container(node, resolve=True)
-    monitor = BarrierMonitor(env, barriers, tol)
+    monitor = BarrierMonitor.for_task(env, cfg.task)
+    if monitor is None:
+        raise SystemExit(f"{run}: the task declares no barriers (barriers:) to count violations of")
     policy, ckpt = load_policy(run, cfg, env, None)
     ev = OmegaConf.to_container(cfg.task.get("eval") or {}, resolve=True)
     start = time.perf_counter()

@@ -81,6 +81,25 @@ class BarrierMonitor:
 
         return watched
 
+    @classmethod
+    def for_task(cls, env: Any, task_cfg: Any, path: str | Path | None = None) -> BarrierMonitor | None:
+        """The monitor of a task config's ``barriers:`` / ``barrier_tolerance:``; None without barriers.
+
+        A tolerance naming no barrier is a one-line ConfigError."""
+        from omegaconf import OmegaConf
+
+        from embodied.errors import ConfigError
+
+        if not task_cfg.get("barriers"):
+            return None
+        barriers = OmegaConf.to_container(task_cfg.barriers, resolve=True)
+        node = task_cfg.get("barrier_tolerance")
+        tol = {} if node is None else OmegaConf.to_container(node, resolve=True)
+        try:
+            return cls(env, barriers, tol, path=path)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
     def summary(self) -> dict[str, Any]:
         per: dict[str, int] = {}
         for name, n in zip(self.names, self.per_row.tolist(), strict=True):

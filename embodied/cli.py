@@ -229,12 +229,12 @@ def _train(args: list[str], cfg: DictConfig | None = None) -> int:
     set_threads(cfg)
     if ctx is None:
         torch.manual_seed(int(cfg.seed))
-        env = build_env(cfg)
+        env = build_env(cfg, groups=True)
     else:  # each rank its own envs and action noise
         total = cfg.num_envs if cfg.get("num_envs") is not None else cfg.task.num_envs
         num_envs, rank_seed = dd.rank_envs(int(total), int(cfg.seed), ctx, dcfg.envs)
         torch.manual_seed(rank_seed)
-        env = build_env(cfg, num_envs=num_envs, seed=rank_seed)
+        env = build_env(cfg, num_envs=num_envs, seed=rank_seed, groups=True)
     policy = build_policy(cfg, env)
     init_from = cfg.train.get("init_from")
     if init_from and not resume:  # e.g. RL fine-tuning of a pretrained (behaviour-cloned) policy
@@ -281,17 +281,12 @@ def _train(args: list[str], cfg: DictConfig | None = None) -> int:
                 info_extra=info,
             )
         )
-    if cfg.task.get("barriers") and main_rank:  # hard constraints: violations counted, filter or not
+    if main_rank:  # hard constraints: the states breaking the task's barriers, filter or not
         from embodied.barrier_monitor import BarrierMonitor
 
-        barriers = OmegaConf.to_container(cfg.task.barriers, resolve=True)
-        node = cfg.task.get("barrier_tolerance")
-        tol = {} if node is None else OmegaConf.to_container(node, resolve=True)
-        try:
-            monitor = BarrierMonitor(env, barriers, tol, path=run_dir / "safety" / "barriers.json")
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        observers.append(monitor)
+        monitor = BarrierMonitor.for_task(env, cfg.task, path=run_dir / "safety" / "barriers.json")
+        if monitor is not None:
+            observers.append(monitor)
     if not resume and main_rank:  # written once the config has built: a rejected config leaves no run
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -420,8 +415,6 @@ def cmd_play(args: list[str]) -> int:
     o = _kv(args, {"run": "", "checkpoint": "", "seconds": 10.0, "num_envs": 1, "seed": 0}, "play")
     run_dir, cfg = load_run(o["run"])
     set_threads(cfg)
-    if cfg.task.get("group_size") is not None:  # identical group resets are for training (GRPO) only
-        cfg.task.group_size = 1
     env = build_env(cfg, num_envs=o["num_envs"], seed=o["seed"])
     policy, _ = load_policy(run_dir, cfg, env, o["checkpoint"] or None)
     obs, info, video = env.reset(seed=o["seed"]), None, CostVideo(fps=round(1.0 / env.dt))

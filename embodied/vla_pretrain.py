@@ -16,6 +16,7 @@ train.init_from=<dir>`` (RL fine-tuning) read the run directory like any other.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,19 @@ def split_args(args: list[str]) -> tuple[dict[str, Any], list[str]]:
                 ) from None
         else:
             overrides.append(a)
-    return {**OPTIONS, **own}, overrides
+    o = {**OPTIONS, **own}
+    finite = math.isfinite
+    checks = {  # key: (valid, what it must be)
+        "epochs": (o["epochs"] >= 1, ">= 1"),
+        "batch_size": (o["batch_size"] >= 1, ">= 1"),
+        "shift": (o["shift"] >= 0, ">= 0"),
+        "lr": (finite(o["lr"]) and o["lr"] > 0, "a finite number > 0"),
+        "weight_decay": (finite(o["weight_decay"]) and o["weight_decay"] >= 0, "a finite number >= 0"),
+    }
+    for key, (ok, need) in checks.items():
+        if not ok:
+            raise ConfigError(f"vla-pretrain: {key} must be {need}, got {o[key]}")
+    return o, overrides
 
 
 def chunk_targets(actions: torch.Tensor, ends: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,8 +209,11 @@ def validate(policy: Any, data: BCData, rows: torch.Tensor, batch_size: int, dev
     return result
 
 
-def pretrain(cfg: DictConfig, o: dict[str, Any], run_dir: Path, resume: bool) -> dict[str, Any]:
-    """Behaviour cloning into ``run_dir``; returns the summary written to ``pretrain.json``."""
+def pretrain(
+    cfg: DictConfig, o: dict[str, Any], run_dir: Path, resume: bool, data: Any | None = None
+) -> dict[str, Any]:
+    """Behaviour cloning into ``run_dir`` (``data``: the loaded dataset, else read from ``o["data"]``);
+    returns the summary written to ``pretrain.json``."""
     from embodied.checkpoint import latest_checkpoint, load_checkpoint, load_module_state, save_checkpoint
     from embodied.data.lerobot_read import load_lerobot
     from embodied.logger import RunLogger, plot_learning_curve
@@ -205,7 +221,7 @@ def pretrain(cfg: DictConfig, o: dict[str, Any], run_dir: Path, resume: bool) ->
 
     set_threads(cfg)
     torch.manual_seed(int(cfg.seed))
-    data = load_lerobot(o["data"])
+    data = load_lerobot(o["data"]) if data is None else data
     env = build_env(cfg, num_envs=1)
     policy = build_policy(cfg, env)
     if not hasattr(policy, "bc_loss"):
@@ -217,7 +233,7 @@ def pretrain(cfg: DictConfig, o: dict[str, Any], run_dir: Path, resume: bool) ->
     if not resume:  # written once the dataset fits the task: a rejected dataset leaves no run
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        (run_dir / "pretrain_args.json").write_text(json.dumps(o, indent=2))
+    (run_dir / "pretrain_args.json").write_text(json.dumps(o, indent=2))  # resume: the new epochs
     train_eps, val_eps = split_episodes(bc.num_episodes, float(o["val_fraction"]), int(cfg.seed))
     if o["success_only"]:
         ok = data.episodes.get("success")
@@ -300,6 +316,7 @@ def cmd_vla_pretrain(args: list[str]) -> int:
     from embodied.workflow import load_run
 
     resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    data = None
     o, overrides = split_args([a for a in args if not a.startswith("resume=")])
     if resume:
         run_dir, cfg = load_run(resume)
@@ -313,7 +330,8 @@ def cmd_vla_pretrain(args: list[str]) -> int:
     else:
         if not o["data"]:
             raise ConfigError("vla-pretrain: data=<LeRobot dataset directory> is required")
-        info = load_lerobot(o["data"]).info  # a one-line error for a path that is not a dataset
+        data = load_lerobot(o["data"])  # a one-line error for a path that is not a dataset
+        info = data.info
         task = next((a.split("=", 1)[1] for a in overrides if a.startswith("task=")), None)
         task = task or (info.get("embodied") or {}).get("task")
         if not task:
@@ -322,8 +340,7 @@ def cmd_vla_pretrain(args: list[str]) -> int:
         policy = next((a for a in overrides if a.startswith("policy=")), "policy=vla")
         cfg = compose([f"task={task}", policy, "task.rgb.enabled=true", *rest])
         run_dir = _new_run_dir(cfg)
-    summary = pretrain(cfg, o, run_dir, resume=bool(resume))
-    (run_dir / "pretrain_args.json").write_text(json.dumps(o, indent=2))
+    summary = pretrain(cfg, o, run_dir, resume=bool(resume), data=None if resume else data)
     if o["evaluate"]:
         summary["eval"] = run_eval(run_dir, cfg)
     (run_dir / "pretrain.json").write_text(json.dumps(summary, indent=2))

@@ -57,9 +57,17 @@ def build_filters(cfg: DictConfig, env: BatchedEnv) -> FilterChain:
         raise ConfigError(str(e)) from None
 
 
-def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = None) -> BatchedEnv:
-    """The task's env on the configured engine, with the configured safety filters installed."""
+def build_env(
+    cfg: DictConfig, num_envs: int | None = None, seed: int | None = None, *, groups: bool = False
+) -> BatchedEnv:
+    """The task's env on the configured engine, with the configured safety filters installed.
+
+    ``groups``: keep the task's ``group_size`` (identical resets of G envs, for GRPO training);
+    every other use (eval, play, export, demos, ...) gets independent envs, any number of them.
+    """
     task = OmegaConf.to_container(cfg.task, resolve=True)
+    if not groups and task.get("group_size") is not None:
+        task["group_size"] = 1
     sim = OmegaConf.to_container(cfg.sim, resolve=True)
     n = next(v for v in (num_envs, cfg.get("num_envs"), task["num_envs"]) if v is not None)
     env = make_env(
@@ -132,29 +140,36 @@ def load_policy(
     run_dir: Path, cfg: DictConfig, env: BatchedEnv, checkpoint: str | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The run's newest (or the given) checkpoint loaded into a fresh policy, in eval mode."""
-    from embodied.checkpoint import latest_checkpoint, load_checkpoint, load_module_state
+    from embodied.checkpoint import latest_checkpoint, load_checkpoint
 
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     if path is None:
         raise ConfigError(f"{run_dir} has no checkpoint in checkpoints/")
     ckpt = load_checkpoint(path, task=str(cfg.task.name), obs_spec=env.obs_spec)
     policy = build_policy(cfg, env)
-    state = ckpt["policy"]["state"]
-    adapt = getattr(policy, "adapt_checkpoint_state", None)  # e.g. the VLA's table onto this task's text
-    state = adapt(state) if adapt is not None else state
-    try:
-        load_module_state(policy, state, f"checkpoint {path}")
-    except ValueError as e:  # a policy's own state check (the VLA's instruction list)
-        raise ConfigError(str(e).splitlines()[0]) from None
+    load_policy_state(policy, ckpt["policy"]["state"], f"checkpoint {path}")
     policy.eval()
     bind_policy(getattr(env, "filters", None), policy)  # eval and play imagine with the policy too
     return policy, ckpt
 
 
+def load_policy_state(policy: nn.Module, state: dict[str, Any], what: str) -> None:
+    """A checkpoint's policy state into ``policy``, adapted where the policy adapts it (the VLA maps
+    its instruction table onto this task's strings); a mismatch is a one-line ConfigError."""
+    from embodied.checkpoint import load_module_state
+
+    adapt = getattr(policy, "adapt_checkpoint_state", None)
+    state = adapt(state) if adapt is not None else state
+    try:
+        load_module_state(policy, state, what)
+    except ValueError as e:  # a policy's own state check (the VLA's instruction list)
+        raise ConfigError(str(e).splitlines()[0]) from None
+
+
 def init_policy(policy: nn.Module, source: Path, cfg: DictConfig, env: BatchedEnv) -> Path:
     """Load the weights of ``source`` (a run directory: its newest checkpoint; or a checkpoint file)
     into ``policy``, which must be the same policy on the same task; returns the checkpoint used."""
-    from embodied.checkpoint import latest_checkpoint, load_checkpoint, load_module_state
+    from embodied.checkpoint import latest_checkpoint, load_checkpoint
 
     path = latest_checkpoint(source) if source.is_dir() else source
     if path is None:
@@ -165,11 +180,5 @@ def init_policy(policy: nn.Module, source: Path, cfg: DictConfig, env: BatchedEn
         raise ConfigError(
             f"train.init_from: {path} holds policy={ckpt['policy_name']}, this run policy={name}"
         )
-    state = ckpt["policy"]["state"]
-    adapt = getattr(policy, "adapt_checkpoint_state", None)
-    state = adapt(state) if adapt is not None else state
-    try:
-        load_module_state(policy, state, f"train.init_from: {path}")
-    except ValueError as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+    load_policy_state(policy, ckpt["policy"]["state"], f"train.init_from: {path}")
     return path

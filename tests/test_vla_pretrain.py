@@ -149,6 +149,8 @@ def test_bad_datasets_are_one_line_errors(dataset, tmp_path):
     p = embodied("vla-pretrain", f"data={dataset}", *SMALL[:3], "task.instructions.split=heldout")
     assert_one_line_error(p, "is not one of the task's")
     assert_one_line_error(embodied("vla-pretrain", f"data={dataset}", "epochs=x"), "epochs must be a int")
+    for bad, needle in (("epochs=0", "epochs must be >= 1"), ("lr=nan", "lr must be a finite number > 0")):
+        assert_one_line_error(embodied("vla-pretrain", f"data={dataset}", bad), needle)
 
 
 def test_grpo_fine_tuning_under_the_filter_records_rollouts_and_counts_violations(pretrained, tmp_path):

@@ -494,8 +494,6 @@ def export_run(run_dir: Path, checkpoint: Path | None = None) -> Path:
     from embodied.workflow import build_env, load_policy, load_run
 
     run_dir, cfg = load_run(str(run_dir))
-    if cfg.task.get("group_size") is not None:  # identical group resets are for training (GRPO) only
-        cfg.task.group_size = 1
     env = build_env(cfg, num_envs=4)
     try:
         ac, _ = load_policy(run_dir, cfg, env, str(checkpoint) if checkpoint else None)

@@ -46,6 +46,10 @@ USAGE = """usage: embodied <command> [key=value ...]
   demos   run=<run dir> episodes=N [out=<dir>] [num_envs=N] [seed=0] [state=<group>] [task.|sim.|safety.<k>=v]
           the run's policy with its camera on: whole episodes in LeRobot's layout v3.0 (docs/datasets.md)
   dataset-info data=<dataset dir>   episodes, frames, cameras, tasks and success of a LeRobot dataset
+  vlm-train tasks=[arm_push,driving_lane_follow] frames=N [out=models/sim_vlm] [epochs=30]
+          [eval_frames=1500] [num_envs=32] [seed=0] [threads=2]   trains the sim-domain VLM (frozen
+          EfficientNet-lite0 + MiniLM, trained heads) on captioned frames of the tasks; a model
+          directory reward=vlm reward.model=<dir> loads, with its held-out evaluation (eval.json)
   vla-pretrain data=<dataset dir> [epochs=20] [batch_size=256] [lr=3e-4] [val_fraction=0.1] [shift=4]
           [policy.<key>=v ...] [run_dir=<dir>]   behaviour cloning of policy=vla on the dataset's
           episodes (a held-out validation split); a run directory eval, play, export and
@@ -79,9 +83,17 @@ def _kv(args: list[str], allowed: dict[str, Any], command: str) -> dict[str, Any
         k, v = a.split("=", 1)
         if k not in allowed:
             raise ConfigError(f"{command}: unknown option {k!r}; valid: {', '.join(allowed)}")
-        out[k] = type(allowed[k])(v) if allowed[k] is not None and not isinstance(allowed[k], bool) else v
         if isinstance(allowed[k], bool):
+            if v.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ConfigError(f"{command}: {k} must be true or false, got {v!r}")
             out[k] = v.lower() in ("1", "true", "yes")
+        elif allowed[k] is not None:
+            try:
+                out[k] = type(allowed[k])(v)
+            except ValueError:
+                raise ConfigError(f"{command}: {k} must be {type(allowed[k]).__name__}, got {v!r}") from None
+        else:
+            out[k] = v
     return out
 
 
@@ -522,6 +534,7 @@ COMMANDS = {
     "safety-eval": cmd_safety_eval,
     "tasks": cmd_tasks,
     "vlm-check": lambda args: _lazy("embodied.cli_models", "cmd_vlm_check", args),
+    "vlm-train": lambda args: _lazy("embodied.cli_models", "cmd_vlm_train", args),
     "wm-train": lambda args: _lazy("embodied.cli_models", "cmd_wm_train", args),
     "imagine": lambda args: _lazy("embodied.cli_models", "cmd_imagine", args),
     "fit-actuator": lambda args: _lazy("embodied.actuator_cli", "cmd_fit_actuator", args),

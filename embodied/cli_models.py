@@ -1,5 +1,6 @@
-"""``embodied`` commands for learned models: ``wm-train``, ``imagine`` (world models) and ``vlm-check``
-(the VLM reward's sanity gate). Bad input -> ConfigError, printed as one line by ``embodied.cli``."""
+"""``embodied`` commands for learned models: ``wm-train``, ``imagine`` (world models), ``vlm-train``
+(the sim-domain VLM) and ``vlm-check`` (the VLM reward's sanity gate). Bad input -> ConfigError,
+printed as one line by ``embodied.cli``."""
 
 from __future__ import annotations
 
@@ -27,6 +28,59 @@ def cmd_vlm_check(args: list[str]) -> int:
         raise ConfigError(
             f"the VLM reward failed its sanity gate: ROC AUC {r['roc_auc']:.3f} < {r['min_auc']}"
         )
+    return 0
+
+
+VLM_TRAIN = {
+    "tasks": "",
+    "frames": 0,
+    "out": "models/sim_vlm",
+    "epochs": 30,
+    "eval_frames": 1500,
+    "num_envs": 32,
+    "seed": 0,
+    "threads": 2,
+}
+
+
+def cmd_vlm_train(args: list[str]) -> int:
+    """Train the sim-domain VLM's heads on captioned frames of the tasks; write a loadable model dir."""
+    import json
+    import time
+    from pathlib import Path
+
+    from embodied.cli import _list
+    from embodied.rewards.sim_vlm import save_sim_vlm
+    from embodied.rewards.sim_vlm_train import parse_tasks, train_sim_vlm
+
+    o = _kv(args, VLM_TRAIN, "vlm-train")
+    tasks = parse_tasks(_list(o["tasks"]))
+    for key in ("frames", "epochs", "eval_frames", "num_envs", "threads"):
+        if o[key] < 1:
+            raise ConfigError(f"vlm-train: {key} must be >= 1, got {o[key]}")
+    out = Path(o["out"]).expanduser()
+    if (out / "config.json").exists():
+        raise ConfigError(f"vlm-train: {out} already holds a model; choose another out=")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"vlm-train: out={out} is a file")
+    torch.set_num_threads(o["threads"])
+    t0 = time.perf_counter()
+    model, report = train_sim_vlm(
+        tasks,
+        o["frames"],
+        eval_frames=o["eval_frames"],
+        epochs=o["epochs"],
+        num_envs=o["num_envs"],
+        seed=o["seed"],
+    )
+    report["seconds"]["total"] = time.perf_counter() - t0
+    report["command"] = "embodied vlm-train " + " ".join(args)
+    save_sim_vlm(out, model)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    for task, r in report["heldout"].items():
+        metric = f", vs the task's metric {r['roc_auc_metric']:.3f}" if "roc_auc_metric" in r else ""
+        print(f"{task}: held-out ROC AUC {r['roc_auc_facet']:.3f}{metric}; facets {r['facet_accuracy']}")
+    print(f"wrote {out} (config.json, heads.safetensors, eval.json) in {report['seconds']['total']:.0f} s")
     return 0
 
 

@@ -89,20 +89,22 @@ class TaskEnv:
         self.camera = cfg.get("camera", -1)
         # Camera observations: obs["rgb"] (N, 3, H, W) uint8, rendered only when enabled.
         rgb = dict(cfg.get("rgb") or {})
-        unknown = sorted(set(rgb) - {"enabled", "width", "height", "camera"})
+        unknown = sorted(set(rgb) - {"enabled", "width", "height", "camera", "observe"})
         if unknown:
-            raise ConfigError(f"unknown rgb keys {unknown}; known: enabled, width, height, camera")
+            raise ConfigError(f"unknown rgb keys {unknown}; known: enabled, width, height, camera, observe")
         self.rgb_shape: tuple[int, int, int] | None = None
         if rgb.get("enabled", False):
             self.rgb_shape = (3, int(rgb.get("height", 84)), int(rgb.get("width", 84)))
             if min(self.rgb_shape) < 1:
                 raise ConfigError(f"rgb width and height must be >= 1, got {rgb}")
         self.rgb_camera = self.camera if rgb.get("camera") is None else rgb["camera"]
+        # observe=false: frames are drawn only when a term asks (a VLM reward every k steps), not into obs.
+        self.rgb_observe = self.rgb_shape is not None and bool(rgb.get("observe", True))
         self._rgb_last: tuple[torch.Tensor, torch.Tensor] | None = None  # (time, qpos) key, frames
         self.state = self._read_state(torch.zeros(self.num_envs, self.action_dim, device=self.device))
         obs = self._check_terms()
         self.obs_spec: ObsSpec = {g: TensorSpec((int(obs[g].shape[-1]),)) for g in self.obs_terms}
-        if self.rgb_shape is not None:
+        if self.rgb_observe:
             self.obs_spec["rgb"] = TensorSpec(self.rgb_shape, torch.uint8, "rgb")
         self._reset(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
         self._obs = self._observe(self.state)
@@ -416,7 +418,7 @@ class TaskEnv:
             out[group] = torch.nan_to_num(torch.cat(parts, dim=-1), 0.0, OBS_CLIP, -OBS_CLIP).clamp(
                 -OBS_CLIP, OBS_CLIP
             )
-        if self.rgb_shape is not None:
+        if self.rgb_observe:
             out["rgb"] = self.frames()
         return out
 

@@ -3,6 +3,9 @@
 ``encode_images(frames)`` takes (N, 3, H, W) uint8 camera frames and ``encode_text(prompts)`` a list
 of strings; both return L2-normalized embeddings (N, D) in one shared space, on the backend's device.
 
+``sim`` is the sim-domain VLM trained in-project (``embodied vlm-train``; embodied/rewards/sim_vlm.py);
+``auto`` (the default) picks it for a directory that ``vlm-train`` wrote, and ``transformers`` else.
+
 ``TransformersVLM`` loads a transformers ``CLIPModel`` or ``SiglipModel`` from a local directory (or
 a hub id where the machine can download): never with ``trust_remote_code``, and from safetensors
 where the directory has them. Images are resized to the model's input size and normalized with the
@@ -120,15 +123,35 @@ class TransformersVLM:
         return F.normalize(emb.float(), dim=-1)
 
 
-BACKENDS = {"transformers": TransformersVLM}
+def _sim(path: str | Path, device: str | torch.device) -> VLMBackend:
+    from embodied.rewards.sim_vlm import load_sim_vlm
+
+    return load_sim_vlm(path, device)
+
+
+BACKENDS = {"transformers": TransformersVLM, "sim": _sim}
+
+
+def detect_backend(model: str) -> str:
+    """``auto``: a directory written by ``embodied vlm-train`` is ``sim``; anything else ``transformers``."""
+    from embodied.rewards.sim_vlm import MODEL_TYPE, read_config
+
+    cfg = read_config(model) if _is_local(model) else None
+    return "sim" if cfg is not None and cfg.get("model_type") == MODEL_TYPE else "transformers"
 
 
 def build_backend(name: str, model: str | None, device: str | torch.device) -> VLMBackend:
-    """The backend ``name`` loading ``model``; unknown names and missing paths are ConfigErrors."""
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown reward.backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
+    """The backend ``name`` (or ``auto``: by the model directory) loading ``model``; unknown names and
+    missing paths are ConfigErrors."""
+    if name not in BACKENDS and name != "auto":
+        raise ConfigError(f"unknown reward.backend {name!r}; known: auto, {', '.join(sorted(BACKENDS))}")
     if not model:
-        raise ConfigError("reward.model must name a model directory (or a hub id) for the VLM reward")
+        raise ConfigError(
+            "reward.model must name a model directory (embodied vlm-train writes one; or a CLIP/SigLIP "
+            "directory or hub id) for the VLM reward"
+        )
     if _is_local(str(model)) and not Path(str(model)).expanduser().exists():
         raise ConfigError(f"reward.model {model} does not exist")
+    if name == "auto":
+        name = detect_backend(str(model))
     return BACKENDS[name](model, device)

@@ -159,7 +159,7 @@ def train_heads(
             loss.backward()
             opt.step()
             sched.step()
-            total, count = total + float(loss), count + 1
+            total, count = total + float(loss.detach()), count + 1
         history.append(total / count)
         if log is not None:
             log(f"epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f}")

@@ -65,7 +65,7 @@ class VLMReward:
         self,
         env: Any,
         *,
-        backend: str = "transformers",
+        backend: str = "auto",
         model: str | None = None,
         mode: str = "goal",
         prompts: Mapping[str, Any] | None = None,

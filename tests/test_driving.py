@@ -336,3 +336,18 @@ def test_obstacles_stand_at_the_road_edges_along_the_route():
     inner = dist - env.obstacle_half[:no, 1]  # nearest face to the centre line (up to the yaw noise)
     assert (inner > env.road_half_width - hi - 0.3).all() and (inner < env.road_half_width - lo + 0.3).all()
     env.close()
+
+
+def test_forward_speed_is_the_speed_fraction_of_the_limit_clamped() -> None:
+    from embodied.terms.namespaces import family_terms
+
+    fn = family_terms("driving")["rewards"]["forward_speed"]
+    env = make_env("driving_lane_follow", num_envs=4, seed=0)
+    env.reset(seed=0)
+    for _ in range(10):
+        env.step(torch.ones(4, env.action_dim))  # full throttle, straight
+    s = env.state
+    v = fn(s)
+    torch.testing.assert_close(v, (s.ego_vel[:, 0] / s.speed_limit).clamp(0.0, 1.0))
+    assert bool((v > 0).all()) and bool((v <= 1).all())
+    env.close()

@@ -207,3 +207,18 @@ def test_arm_goal_marker_shows_in_frames_and_follows_the_goal():
     after = env.frames()
     assert not torch.equal(before, after), "the frames follow the goal, not only qpos"
     env.close()
+
+
+def test_rgb_observe_false_keeps_frames_out_of_obs_but_renders_on_request() -> None:
+    cfg = {"rgb": {**RGB["rgb"], "observe": False}}
+    env = make_env("arm_reach", num_envs=2, seed=0, overrides=cfg)
+    obs = env.reset(seed=0)
+    assert "rgb" not in obs and "rgb" not in env.obs_spec
+    out = env.step(torch.zeros(2, env.action_dim))
+    assert "rgb" not in out.obs
+    frames = env.frames()  # a term that scores frames still gets them
+    assert frames.shape == (2, 3, 24, 32) and frames.dtype == torch.uint8
+    seen = make_env("arm_reach", num_envs=2, seed=0, overrides=RGB)
+    assert "rgb" in seen.reset(seed=0)
+    env.close()
+    seen.close()

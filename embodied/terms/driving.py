@@ -130,6 +130,12 @@ def route_progress(
     return s.progress / s.dt * factor
 
 
+def forward_speed(s) -> torch.Tensor:
+    """Forward speed as a fraction of the limit, in [0, 1]: the vehicle-state factor a VLM-RL style
+    reward multiplies the VLM score by (``reward.state_term=forward_speed``)."""
+    return (s.ego_vel[:, 0] / s.speed_limit).clamp(0.0, 1.0)
+
+
 def hard_infraction(s) -> torch.Tensor:
     """1 / dt on the step the car collides or leaves the road (use a negative weight: terminal penalty)."""
     return (s.collision | s.off_road).float() / s.dt
@@ -228,7 +234,7 @@ def _table(*fns) -> dict:
     return {f.__name__: f for f in fns}
 
 
-DRIVE_REWARDS = _table(route_progress, hard_infraction)
+DRIVE_REWARDS = _table(route_progress, hard_infraction, forward_speed)
 DRIVE_OBSERVATIONS = _table(
     ego_velocity,
     steering_angle,

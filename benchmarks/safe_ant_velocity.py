@@ -1,6 +1,7 @@
 """PPO-Lagrangian against unconstrained PPO on the velocity-constrained ant, on one budget.
 
     python benchmarks/safe_ant_velocity.py [--iterations 250] [--out runs/bench_safe_ant] [--reuse]
+                                            [--parallel]
 
 Trains ``task=ant_velocity`` (Safety-Gymnasium's SafetyAntVelocity-v1 constraint: cost 1 on every
 step where the torso's planar speed exceeds 2.6222 m/s, 1000-step episodes) twice with the same
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,11 +29,9 @@ COST_LIMIT = 25.0
 OMNISAFE = {"ppo": (5980.0, 960.0), "ppo_lagrangian": (3260.0, 12.0)}  # return, cost at 1e7 steps
 
 
-def train(algo: str, run_dir: Path, iterations: int, seed: int, extra: list[str]) -> float:
-    """Train one run in this process; returns its wall time in seconds."""
-    from embodied.cli import main
-
-    args = [
+def train_args(algo: str, run_dir: Path, iterations: int, seed: int, extra: list[str]) -> list[str]:
+    """The `embodied` command line of one run."""
+    return [
         "train",
         "task=ant_velocity",
         f"algo={algo}",
@@ -43,11 +43,35 @@ def train(algo: str, run_dir: Path, iterations: int, seed: int, extra: list[str]
         f"run_dir={run_dir}",
         *extra,
     ]
+
+
+def train(algo: str, run_dir: Path, iterations: int, seed: int, extra: list[str]) -> float:
+    """Train one run in this process; returns its wall time in seconds."""
+    from embodied.cli import main
+
     t0 = time.perf_counter()
-    code = main(args)
+    code = main(train_args(algo, run_dir, iterations, seed, extra))
     if code:
         raise SystemExit(f"training {algo} failed with exit {code}")
     return time.perf_counter() - t0
+
+
+def train_parallel(runs: dict[str, Path], iterations: int, seed: int, extra: list[str]) -> dict[str, float]:
+    """Both runs at once, one process each (give each 1 thread on 2 cores); wall seconds per run."""
+    t0 = time.perf_counter()
+    procs = {
+        algo: subprocess.Popen(
+            [sys.executable, "-m", "embodied", *train_args(algo, d, iterations, seed, extra)],
+            stdout=subprocess.DEVNULL,
+        )
+        for algo, d in runs.items()
+    }
+    walls = {}
+    for algo, proc in procs.items():
+        if proc.wait():
+            raise SystemExit(f"training {algo} failed with exit {proc.returncode}")
+        walls[algo] = time.perf_counter() - t0
+    return walls
 
 
 def tail_means(run_dir: Path, share: float = 0.1) -> dict[str, float]:
@@ -75,14 +99,16 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_safe_ant"))
     ap.add_argument("--reuse", action="store_true", help="read finished runs in --out, train nothing")
+    ap.add_argument("--parallel", action="store_true", help="train both runs at once, one process each")
     ap.add_argument("overrides", nargs="*", help="extra key=value for both runs (threads, num_envs)")
     a = ap.parse_args()
-    figures, walls = {}, {}
-    for algo in ("ppo", "ppo_lagrangian"):
-        run_dir = a.out / algo
-        if not a.reuse:
-            walls[algo] = train(algo, run_dir, a.iterations, a.seed, a.overrides)
-        figures[algo] = tail_means(run_dir)
+    runs = {algo: a.out / algo for algo in ("ppo", "ppo_lagrangian")}
+    walls: dict[str, float] = {}
+    if a.parallel and not a.reuse:
+        walls = train_parallel(runs, a.iterations, a.seed, a.overrides)
+    elif not a.reuse:
+        walls = {algo: train(algo, d, a.iterations, a.seed, a.overrides) for algo, d in runs.items()}
+    figures = {algo: tail_means(d) for algo, d in runs.items()}
     ppo, lag = figures["ppo"], figures["ppo_lagrangian"]
     print("| algorithm | steps | return (last 10 %) | episode cost (last 10 %) | multiplier | wall |")
     print("|---|---|---|---|---|---|")

@@ -33,10 +33,25 @@ def test_gradient_multiplier_ascends_on_the_constraint_violation_and_stays_non_n
 
 
 def test_pid_multiplier_by_hand():
-    m = LagrangeMultiplier(LagrangeConfig(cost_limit=10.0, multiplier="pid", kp=0.1, ki=0.01, kd=0.5))
+    raw = {"p_ema": 0.0, "d_ema": 0.0, "d_delay": 1}  # the textbook PID on the raw episode cost
+    m = LagrangeMultiplier(LagrangeConfig(cost_limit=10.0, multiplier="pid", kp=0.1, ki=0.01, kd=0.5, **raw))
     assert m.update(20.0) == pytest.approx(0.1 * 10 + 0.01 * 10)  # no rise on the first update
     assert m.update(30.0) == pytest.approx(0.1 * 20 + 0.01 * 30 + 0.5 * 10)
     assert m.update(0.0) == pytest.approx(max(0.0, 0.1 * -10 + max(0.0, 0.01 * 20)))
+
+
+def test_averaged_pid_multiplier_by_hand():
+    """OmniSafe's CPPOPID: P on an EMA of the violation, D on the rise of an EMA of J_c over d_delay."""
+    cfg = LagrangeConfig(cost_limit=10.0, kp=0.1, ki=0.01, kd=0.5, p_ema=0.5, d_ema=0.5, d_delay=2)
+    m = LagrangeMultiplier(cfg)
+    assert m.update(20.0) == pytest.approx(0.1 * 10 + 0.01 * 10)  # the averages start at the first value
+    # P: 0.5 * 10 + 0.5 * 20 = 15; D: cost average 25, 5 above the one of 1 update ago (20)
+    assert m.update(30.0) == pytest.approx(0.1 * 15 + 0.01 * 30 + 0.5 * 5)
+    # P: 0.5 * 15 + 0.5 * -10 = 2.5; D: cost average 12.5, below the one of 2 updates ago (20)
+    assert m.update(0.0) == pytest.approx(0.1 * 2.5 + 0.01 * 20)
+    restored = LagrangeMultiplier(cfg)
+    restored.load_state_dict(m.state_dict())
+    assert restored.update(40.0) == pytest.approx(m.update(40.0))
 
 
 def test_bad_config_is_refused_in_one_line():
@@ -44,6 +59,10 @@ def test_bad_config_is_refused_in_one_line():
         LagrangeConfig(multiplier="p")
     with pytest.raises(ValueError, match="cost_limit must be a finite number >= 0"):
         LagrangeConfig(cost_limit=-1.0)
+    with pytest.raises(ValueError, match="d_delay must be an integer >= 1"):
+        LagrangeConfig(d_delay=0.5)
+    with pytest.raises(ValueError, match=r"p_ema must be a number in \[0, 1\)"):
+        LagrangeConfig(p_ema=1.0)
     env = CostlyPointMass(4)
     with pytest.raises(ConfigError, match="unknown algo key"):
         build_algorithm("ppo_lagrangian", {"bogus": 1}, ActorCritic(SPEC, 1), _Env(env))

@@ -96,11 +96,22 @@ def test_an_impossible_row_is_flagged_and_others_are_not():
         ({"x": {"h": {"speed": 1.0}}}, "needs h and gain"),
         ({"x": {"h": {"rays": [1.0, 2.0]}, "gain": [0.0, 1.0]}}, "different lengths"),
         ({}, "declares none"),
+        ({"x": None}, "declares none"),  # every barrier switched off
     ],
 )
 def test_bad_barriers_are_one_line_errors(spec, match):
     with pytest.raises(FilterError, match=match):
         CBFFilter(LAYOUT, 2, barriers=spec)
+
+
+def test_a_null_barrier_is_switched_off():
+    """A variant drops an inherited barrier with `<name>: null` (or task.barriers.<name>=null)."""
+    speed = {"h": {"speed": -1.0, "const": 2.0}, "gain": [0.0, -0.5]}
+    on = CBFFilter(LAYOUT, 2, barriers={"speed": speed, "gone": speed})
+    off = CBFFilter(LAYOUT, 2, barriers={"speed": speed, "gone": None})
+    assert off.barriers.names == ["speed"] and on.barriers.num_rows == 2 * off.barriers.num_rows
+    with pytest.raises(FilterError, match="cbf.use names barrier"):
+        CBFFilter(LAYOUT, 2, barriers={"speed": speed, "gone": None}, use=["gone"])
 
 
 @pytest.mark.parametrize("task", [t for t in task_names() if "barriers" in task_config(t)])

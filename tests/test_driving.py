@@ -55,6 +55,7 @@ def _hand_state(n: int = 2, **fields) -> DriveState:
         box_center=torch.full((n, 1, 2), 100.0),
         box_yaw=z(n, 1),
         box_half=torch.tensor([[1.0, 0.5]]),
+        box_vel=z(n, 1, 2),
     )
     for k, v in fields.items():
         setattr(s, k, v)
@@ -351,3 +352,45 @@ def test_forward_speed_is_the_speed_fraction_of_the_limit_clamped() -> None:
     torch.testing.assert_close(v, (s.ego_vel[:, 0] / s.speed_limit).clamp(0.0, 1.0))
     assert bool((v > 0).all()) and bool((v <= 1).all())
     env.close()
+
+
+def test_range_rate_is_the_hit_box_velocity_relative_to_the_car_along_the_ray() -> None:
+    """The car at 5 m/s along +x; a box 10 m ahead moving at 2 m/s along +x (closing at 3 m/s) in env 0,
+    out of range in env 1. Rays at 0 and +-45 degrees: only the middle one hits the box."""
+    s = _hand_state(
+        box_center=torch.tensor([[[11.0, 0.0]], [[100.0, 0.0]]]),
+        box_vel=torch.tensor([[[2.0, 0.0]], [[2.0, 0.0]]]),
+    )
+    rate = driving.range_rate(s, num=3, fov_deg=90.0, max_range=40.0)
+    assert rate.tolist() == [[0.0, pytest.approx(-3.0), 0.0], [0.0, 0.0, 0.0]]
+    # the rate is the one of the range the rays read: the same hit box, along the same ray
+    assert driving.range_rays(s, num=3, fov_deg=90.0, max_range=40.0)[0].tolist() == [1.0, 0.25, 1.0]
+    # a car heading 90 degrees left, the box moving across its ray: only the relative velocity counts
+    s = _hand_state(
+        ego_yaw=torch.full((2,), math.pi / 2),
+        ego_vel=torch.tensor([[4.0, 0, 0]]).repeat(2, 1),
+        box_center=torch.tensor([[[0.0, 11.0]], [[0.0, 11.0]]]),
+        box_vel=torch.tensor([[[3.0, 1.0]], [[0.0, -2.0]]]),
+    )
+    rate = driving.range_rate(s, num=1, fov_deg=0.0, max_range=40.0)
+    assert rate[:, 0].tolist() == [pytest.approx(1.0 - 4.0), pytest.approx(-2.0 - 4.0)]
+
+
+def test_range_rate_predicts_the_change_of_the_simulated_ranges() -> None:
+    """Over one step in dense traffic, rays that stay on the same box change by about rate x dt."""
+    env = _env("driving_dense", n=16)
+    env.reset(seed=3)
+    action = torch.tensor([[0.0, 0.3]]).repeat(16, 1)  # straight ahead, moderate throttle
+    errors = []
+    for _ in range(40):
+        before = env._read_state(action)
+        d0, box0, *_ = driving._ray_hits(before, 25, 150.0, 40.0)
+        rate = driving.range_rate(before, 25, 150.0, 40.0)
+        out = env.step(action)
+        after = env._read_state(action)
+        d1, box1, *_ = driving._ray_hits(after, 25, 150.0, 40.0)
+        same = (box0 >= 0) & (box0 == box1) & ~(out.terminated | out.truncated)[:, None]
+        errors.append(((d1 - d0) / env.dt - rate)[same])
+    err = torch.cat(errors)
+    assert err.numel() > 100
+    assert float(err.abs().median()) < 0.15, float(err.abs().median())

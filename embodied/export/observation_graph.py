@@ -50,6 +50,7 @@ PERCEPTION = {
         "road_edges",
         "route_waypoints",
         "range_rays",
+        "range_rate",
         "speed_limit",
     ),
 }

@@ -84,6 +84,7 @@ class DriveState:
     box_center: torch.Tensor  # (N, B, 2) obstacle and traffic boxes the rays see
     box_yaw: torch.Tensor  # (N, B)
     box_half: torch.Tensor  # (B, 2) half extents in x, y
+    box_vel: torch.Tensor  # (N, B, 2) the boxes' velocities (their slide joints', m/s)
     cache: dict = field(default_factory=dict)  # terms that both observation groups read, computed once
     qpos: torch.Tensor | None = None  # (N, nq) the whole scene's generalized positions
 
@@ -208,6 +209,7 @@ class DrivingEnv(DrivingModel, TaskEnv):
         idx = torch.tensor(active, dtype=torch.long, device=self._box_q.device)
         q = self._box_q[idx]
         self._xy_cols, self._yaw_cols = q[:, :2].flatten(), q[:, 2]
+        self._xy_dof_cols = self._box_dof[idx][:, :2].flatten()
         self.box_home, self.box_offset = self._box_home[idx], self._box_offset[idx]
         self.box_yaw0, self.box_half = self._box_yaw0[idx], self._all_box_half[idx]
         tq = self.traffic_q[: self.num_traffic]
@@ -360,6 +362,7 @@ class DrivingEnv(DrivingModel, TaskEnv):
             box_center=box_center,
             box_yaw=box_yaw + self.box_yaw0,
             box_half=self.box_half,
+            box_vel=qvel.index_select(1, self._xy_dof_cols).view(self.num_envs, -1, 2),
         )
         return st
 

@@ -135,7 +135,7 @@ class DrivingModel:
         mujoco.mj_kinematics(m, d)
         joint_trn = mujoco.mjtTrn.mjTRN_JOINT
         servo = {int(m.actuator_trnid[a, 0]): a for a in range(m.nu) if m.actuator_trntype[a] == joint_trn}
-        rows, traffic_act, traffic_dof, counts = [], [], [], {}
+        rows, box_dof, traffic_act, traffic_dof, counts = [], [], [], [], {}
         for kind in ("obstacles", "traffic"):
             bodies = [b for b in range(m.nbody) if m.body(int(m.body_parentid[b])).name == kind]
             counts[kind] = len(bodies)
@@ -149,6 +149,7 @@ class DrivingModel:
                 g, q = geoms[0], _planar_joints(m, b)
                 yaw = 2 * math.atan2(m.geom_quat[g][3], m.geom_quat[g][0])
                 rows.append((*q, *d.xpos[b][:2], *m.geom_pos[g][:2], yaw, *m.geom_size[g][:2]))
+                box_dof.append([int(m.jnt_dofadr[j]) for j in range(m.njnt) if m.jnt_bodyid[j] == b])
                 self.box_group = int(m.geom_group[g])
                 if kind == "traffic":
                     jnts = [j for j in range(m.njnt) if m.jnt_bodyid[j] == b]
@@ -160,6 +161,7 @@ class DrivingModel:
                     traffic_dof.append([int(m.jnt_dofadr[j]) for j in jnts])
         t = torch.tensor(np.array(rows, dtype=np.float64).reshape(-1, 10), dtype=torch.float32, device=dev)
         self._box_q = t[:, 0:3].long()
+        self._box_dof = torch.tensor(box_dof, dtype=torch.long, device=dev).view(-1, 3)  # qvel columns
         self._box_home, self._box_offset, self._box_yaw0, self._all_box_half = (
             t[:, 3:5],
             t[:, 5:7],

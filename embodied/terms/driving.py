@@ -64,14 +64,30 @@ def ray_box_distances(
     half: torch.Tensor,
     max_range: float,
 ) -> torch.Tensor:
-    """Distance along each horizontal ray to the nearest oriented box, clipped at ``max_range``.
+    """Distance along each horizontal ray to the nearest oriented box, clipped at ``max_range``
+    (``ray_box_hits``' distances)."""
+    return ray_box_hits(origin, angles, centers, yaw, half, max_range)[0]
+
+
+def ray_box_hits(
+    origin: torch.Tensor,
+    angles: torch.Tensor,
+    centers: torch.Tensor,
+    yaw: torch.Tensor,
+    half: torch.Tensor,
+    max_range: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(distance, box, face normal) of each horizontal ray's nearest oriented box: distances clipped
+    at ``max_range``, box indices -1 where a ray hits nothing within it, and the world-frame unit
+    normal (up to sign) of the face the ray enters through.
 
     origin (N, 2), angles (N, R) world headings of the rays, centers (N, B, 2), yaw (N, B), half (B, 2)
-    or (N, B, 2) half extents -> (N, R). Slab test in each box's frame; a ray starting inside a box
-    reads 0.
+    or (N, B, 2) half extents -> (N, R), (N, R), (N, R, 2). Slab test in each box's frame; a ray
+    starting inside a box reads 0.
     """
     if centers.shape[1] == 0:
-        return angles.new_full(angles.shape, max_range)
+        none = torch.full_like(angles, -1, dtype=torch.long)
+        return angles.new_full(angles.shape, max_range), none, angles.new_zeros(*angles.shape, 2)
     c, s = torch.cos(yaw)[:, None], torch.sin(yaw)[:, None]  # (N, 1, B)
     rx, ry = torch.cos(angles)[..., None], torch.sin(angles)[..., None]  # (N, R, 1)
     rel = origin[:, None] - centers  # (N, B, 2)
@@ -87,7 +103,12 @@ def ray_box_distances(
     near = torch.maximum(mx - wx, my - wy)
     far = torch.minimum(mx + wx, my + wy)
     dist = torch.where((far >= near) & (far >= 0), near.clamp(min=0.0), max_range)
-    return dist.amin(-1).clamp(max=max_range)
+    nearest, box = dist.min(-1)
+    x_face = torch.gather(mx - wx >= my - wy, 2, box[..., None])[..., 0]  # entered through an x face
+    cb = torch.gather(c.expand_as(near), 2, box[..., None])[..., 0]
+    sb = torch.gather(s.expand_as(near), 2, box[..., None])[..., 0]
+    normal = torch.where(x_face[..., None], torch.stack([cb, sb], -1), torch.stack([-sb, cb], -1))
+    return nearest.clamp(max=max_range), torch.where(nearest < max_range, box, -1), normal
 
 
 def _nonzero(x: torch.Tensor, tiny: float = 1e-9) -> torch.Tensor:
@@ -175,9 +196,46 @@ def range_rays(s, num: int = 15, fov_deg: float = 180.0, max_range: float = 40.0
 
 
 def _rays(s, num: int, fov_deg: float, max_range: float) -> torch.Tensor:
-    angles = s.ego_yaw[:, None] + ray_angles(num, fov_deg).to(s.ego_yaw.device)
-    dist = ray_box_distances(s.ray_origin[:, :2], angles, s.box_center, s.box_yaw, s.box_half, max_range)
-    return dist / max_range
+    return _ray_hits(s, num, fov_deg, max_range)[0] / max_range
+
+
+def _ray_hits(s, num: int, fov_deg: float, max_range: float) -> tuple[torch.Tensor, ...]:
+    """(distance (N, R), hit box (N, R), face normal (N, R, 2), world ray headings (N, R)), once per
+    state."""
+
+    def compute() -> tuple[torch.Tensor, ...]:
+        angles = s.ego_yaw[:, None] + ray_angles(num, fov_deg).to(s.ego_yaw.device)
+        hits = ray_box_hits(s.ray_origin[:, :2], angles, s.box_center, s.box_yaw, s.box_half, max_range)
+        return (*hits, angles)
+
+    return _memo(s, ("ray_hits", num, fov_deg, max_range), compute)
+
+
+def range_rate(
+    s, num: int = 15, fov_deg: float = 180.0, max_range: float = 40.0, max_rate: float = 30.0
+) -> torch.Tensor:  # num, m/s
+    """How fast the range along each ``range_rays`` ray changes, m/s (negative while closing in), as
+    a tracker on successive scans reads it: the hit box's velocity relative to the car's, through the
+    face the ray hits, (v . n) / (ray . n); clipped at ``max_rate`` (grazing rays), 0 where the ray
+    sees nothing. The rays' own turn with the car's yaw rate, and the boxes' spin, are left out."""
+    key = ("range_rate", num, fov_deg, max_range, max_rate)
+    return _memo(s, key, lambda: _range_rate(s, num, fov_deg, max_range, max_rate))
+
+
+def _range_rate(s, num: int, fov_deg: float, max_range: float, max_rate: float) -> torch.Tensor:
+    _, box, normal, angles = _ray_hits(s, num, fov_deg, max_range)
+    c, sn = torch.cos(s.ego_yaw), torch.sin(s.ego_yaw)
+    ego = torch.stack(
+        [c * s.ego_vel[:, 0] - sn * s.ego_vel[:, 1], sn * s.ego_vel[:, 0] + c * s.ego_vel[:, 1]], -1
+    )
+    if s.box_vel.shape[1] == 0:
+        hit_vel = ego.new_zeros(*box.shape, 2)
+    else:
+        hit_vel = torch.gather(s.box_vel, 1, box.clamp(min=0)[..., None].expand(-1, -1, 2))  # (N, R, 2)
+    rel = hit_vel - ego[:, None]
+    along = normal[..., 0] * torch.cos(angles) + normal[..., 1] * torch.sin(angles)  # ray . n
+    rate = (rel * normal).sum(-1) / _nonzero(along)
+    return torch.where(box >= 0, rate.clamp(-max_rate, max_rate), 0.0)
 
 
 def _memo(s, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -242,6 +300,7 @@ DRIVE_OBSERVATIONS = _table(
     road_edges,
     route_waypoints,
     range_rays,
+    range_rate,
     speed_limit,
     route_completion,
 )

@@ -148,6 +148,8 @@ class Barriers(nn.Module):
         self.row_counts: list[int] = []
         for name, spec in specs.items():
             where = f"barrier {name!r}"
+            if spec is None:  # switched off: a variant's `<name>: null` or `task.barriers.<name>=null`
+                continue
             if not isinstance(spec, Mapping):
                 raise FilterError(f"{where} must be a mapping with h, drift, gain and rate")
             unknown = sorted(set(spec) - {"h", "drift", "gain", "rate"})

@@ -47,7 +47,7 @@ class CBFFilter(SafetyFilter):
         tolerance: float = 1.0e-4,
     ) -> None:
         super().__init__("cbf")
-        specs = dict(barriers or {})
+        specs = {k: v for k, v in (barriers or {}).items() if v is not None}  # null: switched off
         if not specs:
             raise FilterError("the cbf filter needs barriers: this task's config declares none (barriers:)")
         if use is not None:

@@ -14,7 +14,7 @@ from embodied.errors import ConfigError
 from embodied.registry import make_env
 from embodied.tasks.driving import DriveState, ackermann_angles, rear_wheel_speeds
 from embodied.terms import driving
-from embodied.terms.driving import ray_angles, ray_box_distances
+from embodied.terms.driving import ray_angles, ray_box_hits
 from embodied.terms.namespaces import family_terms
 
 torch.set_num_threads(1)
@@ -236,9 +236,9 @@ def test_rays_clip_at_max_range_and_read_zero_from_inside_a_box():
     angles = torch.tensor([[0.0, math.pi], [0.0, math.pi / 2]])
     centers = torch.tensor([[[10.0, 0.0]], [[0.2, 0.0]]])
     half = torch.tensor([[1.0, 1.0]])
-    d = ray_box_distances(origin, angles, centers, torch.zeros(2, 1), half, 5.0)
+    d = ray_box_hits(origin, angles, centers, torch.zeros(2, 1), half, 5.0)[0]
     assert d.tolist() == [[5.0, 5.0], [0.0, 0.0]]
-    d = ray_box_distances(origin, angles, centers, torch.zeros(2, 1), half, 20.0)
+    d = ray_box_hits(origin, angles, centers, torch.zeros(2, 1), half, 20.0)[0]
     assert d[0].tolist() == [9.0, 20.0]
 
 

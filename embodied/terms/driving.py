@@ -56,19 +56,6 @@ def polyline_points(
     return a + t * (b - a)
 
 
-def ray_box_distances(
-    origin: torch.Tensor,
-    angles: torch.Tensor,
-    centers: torch.Tensor,
-    yaw: torch.Tensor,
-    half: torch.Tensor,
-    max_range: float,
-) -> torch.Tensor:
-    """Distance along each horizontal ray to the nearest oriented box, clipped at ``max_range``
-    (``ray_box_hits``' distances)."""
-    return ray_box_hits(origin, angles, centers, yaw, half, max_range)[0]
-
-
 def ray_box_hits(
     origin: torch.Tensor,
     angles: torch.Tensor,

@@ -36,7 +36,7 @@ class Futures:
     alive: torch.Tensor  # (H, N, K) probability it had not ended before this step
     epistemic: (
         torch.Tensor
-    )  # (H, N, K, S) std of the elite members' mean state change (zeros when spread=False)
+    )  # (H, N, K, S) std of the elite members' mean state change (a read-only zero view when not measured)
     aleatoric: torch.Tensor  # (H, N, K, S) the future's own predicted std of the state change
     members: torch.Tensor  # (N, K) long: the member each future follows (-1: the elites' mean)
 
@@ -152,16 +152,24 @@ def imagine(
     grouping = _grouping(flat_members) if sample_members and not spread else None
     x = start.float().repeat_interleave(k, 0)
     elites = ens.elite_idx
-    out: dict[str, list[torch.Tensor]] = {
-        f: [] for f in ("state", "action", "reward", "cost", "term", "epi", "ale")
-    }
+    # Every step writes into preallocated (H, N*K, ...) outputs: no per-field stack at the end, and
+    # each step's next state is computed where it is kept.
+    b, f32 = n * k, dict(device=dev, dtype=torch.float32)
+    states = torch.empty(horizon, b, s, **f32)
+    actions = torch.empty(horizon, b, ens.action_dim, **f32)
+    rewards, costs, terms = (torch.empty(horizon, b, **f32) for _ in range(3))
+    aleatoric = torch.empty(horizon, b, s, **f32)
+    measured = (spread or not sample_members) and len(elites) > 1
+    epistemic = (
+        torch.empty(horizon, b, s, **f32) if measured else torch.zeros((), **f32).expand(horizon, b, s)
+    )
     for h in range(horizon):
         a = acts[h] if torch.is_tensor(actor_or_actions) else actor_or_actions(x)
         if a.shape != (n * k, ens.action_dim):
             raise WorldModelError(
                 f"the actor returned actions of shape {tuple(a.shape)}, expected {(n * k, ens.action_dim)}"
             )
-        a = a.float().clamp(-1.0, 1.0)
+        a = torch.clamp(a.float(), -1.0, 1.0, out=actions[h])
         inp = ens.normalize_input(x, a)
         if spread or not sample_members:
             mean_e, logvar_e, logit_e = ens(inp.expand(ens.members, *inp.shape))
@@ -174,46 +182,36 @@ def imagine(
                 mean = mean_e.mean(0)
                 logvar = torch.log(torch.exp(logvar_e).mean(0))
                 logit = torch.logit(torch.sigmoid(logit_e).mean(0), eps=1e-6)
-            epi = (
-                (mean_e[..., :s] * ens.out_std[:s]).std(0, unbiased=False)
-                if len(elites) > 1
-                else torch.zeros_like(x)
-            )
+            if measured:
+                torch.std(mean_e[..., :s] * ens.out_std[:s], 0, correction=0, out=epistemic[h])
         else:
             mean, logvar, logit = _grouped(ens, inp, grouping)
-            epi = torch.zeros_like(x)
         mean = mean * ens.out_std + ens.out_mean
-        std = torch.exp(0.5 * logvar) * ens.out_std
+        std = torch.mul(torch.exp(0.5 * logvar[:, :s]), ens.out_std[:s], out=aleatoric[h])
         delta = mean[:, :s]
         if noise:
             eps = torch.randn(
                 delta.shape, generator=generator, device="cpu" if generator is not None else dev
             ).to(dev)
-            delta = delta + std[:, :s] * eps
-        x = x + delta
-        out["state"].append(x)
-        out["action"].append(a)
-        out["reward"].append(mean[:, s])
-        out["cost"].append(mean[:, s + 1])
-        out["term"].append(torch.sigmoid(logit))
-        out["epi"].append(epi)
-        out["ale"].append(std[:, :s])
+            delta = delta + std * eps
+        x = torch.add(x, delta, out=states[h])
+        rewards[h], costs[h] = mean[:, s], mean[:, s + 1]
+        torch.sigmoid(logit, out=terms[h])
 
-    def stack(name: str) -> torch.Tensor:
-        t = torch.stack(out[name])
+    def per_start(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(horizon, n, k, *t.shape[2:])
 
-    term = stack("term")
+    term = per_start(terms)
     alive = torch.cumprod(torch.cat([torch.ones_like(term[:1]), 1.0 - term[:-1]]), 0)
     return Futures(
-        stack("state"),
-        stack("action"),
-        stack("reward"),
-        stack("cost"),
+        per_start(states),
+        per_start(actions),
+        per_start(rewards),
+        per_start(costs),
         term,
         alive,
-        stack("epi"),
-        stack("ale"),
+        per_start(epistemic),
+        per_start(aleatoric),
         members,
     )
 

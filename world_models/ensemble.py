@@ -108,22 +108,26 @@ class Ensemble(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(
-        self, x: torch.Tensor, members: torch.Tensor | None = None
+        self, x: torch.Tensor, members: torch.Tensor | None = None, dtype: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalized inputs (E, B, S + A) -> normalized mean (E, B, O), log-variance (E, B, O) and
         termination logit (E, B). Member e reads row block x[e].
 
         With ``members`` (M,) long, only those members run and x is (M, B, S + A), block m read by
-        member ``members[m]`` (a caller using a subset pays for that subset alone).
+        member ``members[m]`` (a caller using a subset pays for that subset alone). ``dtype``
+        (e.g. torch.bfloat16) runs the layers in that precision; the outputs are float32 either way.
         """
-        h = x
+        h = x if dtype is None else x.to(dtype)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             if members is not None:
                 w, b = w[members], b[members]
+            if dtype is not None:
+                w, b = w.to(dtype), b.to(dtype)
             h = torch.baddbmm(b, h, w)
             if i < last:
                 h = F.silu(h)
+        h = h.float()
         o = self.out_dim
         mean, raw = h[..., :o], h[..., o : 2 * o]
         logvar = self.max_logvar - F.softplus(self.max_logvar - raw)

@@ -22,6 +22,7 @@ from world_models.errors import WorldModelError
 from world_models.model import WorldModel
 
 Actor = Callable[[torch.Tensor], torch.Tensor]  # model state (B, S) -> action (B, A)
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # of the ensemble's layers
 
 
 @dataclass
@@ -94,12 +95,12 @@ def _grouping(members: torch.Tensor) -> _Grouping:
     return _Grouping(used, order, slot_sorted, rank, int(counts.max()))
 
 
-def _grouped(model: Ensemble, x: torch.Tensor, g: _Grouping):
+def _grouped(model: Ensemble, x: torch.Tensor, g: _Grouping, dtype: torch.dtype | None = None):
     """Each particle through its own member only: rows sorted into (U, C, in) blocks, one baddbmm
     over the U members that have particles."""
     block = x.new_zeros(len(g.used), g.width, x.shape[-1])
     block[g.slot, g.rank] = x[g.order]
-    mean, logvar, logit = model(block, members=g.used)
+    mean, logvar, logit = model(block, members=g.used, dtype=dtype)
     out_mean = torch.empty(x.shape[0], mean.shape[-1], device=x.device, dtype=mean.dtype)
     out_logvar = torch.empty_like(out_mean)
     out_logit = torch.empty(x.shape[0], device=x.device, dtype=mean.dtype)
@@ -123,16 +124,21 @@ def imagine(
     sample_members: bool = True,
     spread: bool = True,
     generator: torch.Generator | None = None,
+    precision: str = "float32",
 ) -> Futures:
     """Roll K futures of each start state (N, S) H steps through the model.
 
     ``actor_or_actions``: a function of the predicted state (N*K, S) -> (N*K, A) (a policy reading
     its observation out of the state, see ``state_actor``), or actions (H, N, A) shared by the K
     futures, or (H, N, K, A) per future. ``spread=False`` skips the all-member pass that measures
-    epistemic spread, so each particle costs one member (what planners use).
+    epistemic spread, so each particle costs one member (what planners use). ``precision``
+    ("float32" or "bfloat16") is the one of the ensemble's layers; states accumulate in float32.
     """
     ens = model.ensemble if isinstance(model, WorldModel) else model
     _check(ens, start, horizon, futures)
+    if precision not in PRECISIONS:
+        raise WorldModelError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
     n, k, s = start.shape[0], futures, ens.state_dim
     dev = start.device
     if torch.is_tensor(actor_or_actions):
@@ -172,7 +178,7 @@ def imagine(
         a = torch.clamp(a.float(), -1.0, 1.0, out=actions[h])
         inp = ens.normalize_input(x, a)
         if spread or not sample_members:
-            mean_e, logvar_e, logit_e = ens(inp.expand(ens.members, *inp.shape))
+            mean_e, logvar_e, logit_e = ens(inp.expand(ens.members, *inp.shape), dtype=dtype)
             mean_e, logvar_e, logit_e = mean_e[elites], logvar_e[elites], logit_e[elites]  # (El, B, ...)
             if sample_members:
                 slot = torch.searchsorted(elites, flat_members)  # position of each member among the elites
@@ -185,7 +191,7 @@ def imagine(
             if measured:
                 torch.std(mean_e[..., :s] * ens.out_std[:s], 0, correction=0, out=epistemic[h])
         else:
-            mean, logvar, logit = _grouped(ens, inp, grouping)
+            mean, logvar, logit = _grouped(ens, inp, grouping, dtype)
         mean = mean * ens.out_std + ens.out_mean
         std = torch.mul(torch.exp(0.5 * logvar[:, :s]), ens.out_std[:s], out=aleatoric[h])
         delta = mean[:, :s]

@@ -26,7 +26,7 @@ import torch
 from sim.assets import load_model
 from sim.backend import SimConfigError, check_backend_args
 from sim.model_info import ModelInfo, sensor_slice
-from sim.randomize import PhysicsParams
+from sim.randomize import PhysicsParams, refresh_subtree_mass
 from sim.render import Marker, RendererCache
 from sim.state import SimState
 
@@ -375,6 +375,7 @@ class MjwarpBackend:
         if rm is None:
             rm = self._render_models[i] = copy.copy(self.model)
             rm.body_mass[:] = self._batched["body_mass"][i].cpu().numpy()
+            refresh_subtree_mass(rm)
             rm.body_ipos[:] = self._batched["body_ipos"][i].cpu().numpy()
         return rm
 

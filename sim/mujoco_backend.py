@@ -26,7 +26,7 @@ from sim.actuators import Actuator
 from sim.assets import load_model
 from sim.backend import check_backend_args
 from sim.model_info import ModelInfo, sensor_slice
-from sim.randomize import PhysicsParams
+from sim.randomize import PhysicsParams, refresh_subtree_mass
 from sim.render import Marker, RendererCache
 from sim.state import SimState
 
@@ -273,6 +273,7 @@ class MujocoBackend:
             m = self._models[i]
             m.geom_friction[:, 0] = nom["friction"] * p["friction"][j]
             m.body_mass[:] = nom["mass"] * p["mass_scale"][j]
+            refresh_subtree_mass(m)
             m.body_inertia[:] = nom["inertia"] * p["mass_scale"][j][:, None]
             if base >= 0:
                 m.body_ipos[base] = nom["ipos"][base] + p["com_offset"][j]

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+import mujoco
 import torch
 
 from sim.backend import SimConfigError
@@ -123,3 +124,18 @@ def sample_physics(
         lo, hi = _delay_range(cfg)
         params.actuator_delay = torch.randint(lo, hi + 1, (n,), generator=generator, device=device).float()
     return params
+
+
+def refresh_subtree_mass(model: mujoco.MjModel) -> None:
+    """Recompute ``body_subtreemass`` from ``body_mass`` in place, after randomization changed it.
+
+    MuJoCo fills it at compile time only, and ``mj_comPos`` divides by it: stale, every subtree
+    centre of mass (and the ``trackcom`` chase camera that follows one) sits at the wrong place,
+    off by the mass ratio times the distance from the origin. Bodies come after their parents, so
+    one pass from the last body back sums each subtree.
+    """
+    sub = model.body_mass.copy()
+    parent = model.body_parentid
+    for b in range(model.nbody - 1, 0, -1):
+        sub[parent[b]] += sub[b]
+    model.body_subtreemass[:] = sub

@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[dev,mjwarp,genesis,vlm,vla,logs,demos]"
+	$(BIN)/pip install --quiet -e ".[dev,mjwarp,genesis,vlm,vla,logs,demos,rsl_rl]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -156,3 +156,32 @@ def test_the_constraint_is_kept_where_ppo_breaks_it():
     unconstrained, constrained = _episode_cost(ppo.actor_critic), _episode_cost(ac)
     assert unconstrained > 20.0, unconstrained  # PPO parks the point at x = 1, inside the cost region
     assert constrained < 0.5 * unconstrained, (constrained, unconstrained, lag.multiplier.value)
+
+
+def test_rate_estimate_feeds_the_multiplier_the_cost_per_step_times_the_episode_steps():
+    """cost_estimate=rate: J_c is this rollout's mean cost per step x the episode's steps, so the
+    multiplier answers the current policy, not episodes that started many updates ago."""
+    torch.manual_seed(0)
+    ac = ActorCritic(SPEC, 1, actor_hidden_dims=(16,), critic_hidden_dims=(16,))
+    lag = LagrangeConfig(cost_limit=1.0, multiplier="gradient", lambda_lr=0.1, cost_estimate="rate")
+    alg = PPOLagrangian(ac, 8, PPOConfig(num_steps_per_env=6), lag, "cpu", SPEC, episode_steps=50)
+    env = CostlyPointMass(8, max_episode_length=100)  # no episode ends in this rollout
+    env.step = _with_cost(env.step, torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0]))
+    _collect(alg, env, env.reset())
+    assert alg._finished_costs[0].numel() == 0  # the episode window has nothing yet
+    assert alg._cost_rate_estimate == pytest.approx(50 / 8)  # 1/8 cost per step x 50 steps
+    assert alg.multiplier.value == pytest.approx(0.1 * (50 / 8 - 1.0))
+    assert alg.update()["safety/episode_cost_estimate"] == pytest.approx(50 / 8)
+    with pytest.raises(ConfigError, match="needs the env's episode length"):
+        PPOLagrangian(ac, 8, PPOConfig(num_steps_per_env=6), lag, "cpu", SPEC)
+    with pytest.raises(ValueError, match="cost_estimate must be 'episodes' or 'rate'"):
+        LagrangeConfig(cost_estimate="window")
+
+
+def _with_cost(step, cost):
+    def stepped(action):
+        out = step(action)
+        out.cost = cost.clone()
+        return out
+
+    return stepped

@@ -32,6 +32,10 @@ class LagrangeConfig:
     d_ema: float = 0.95  # PID: EMA weight of the old J_c in the derivative term (0: none)
     d_delay: int = 10  # PID: the derivative is the rise of the J_c average over this many updates
     lambda_max: float = 100.0
+    # J_c the multiplier sees: "episodes", the mean cost of the last finished episodes (they span
+    # many updates when episodes are long and iterations short); "rate", this rollout's mean cost
+    # per step times the episode length in steps (the current policy's, one update old at most).
+    cost_estimate: str = "episodes"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -39,6 +43,9 @@ class LagrangeConfig:
             if f.name == "multiplier":
                 if v not in ("gradient", "pid"):
                     raise ValueError(f"LagrangeConfig.multiplier must be 'gradient' or 'pid', got {v!r}")
+            elif f.name == "cost_estimate":
+                if v not in ("episodes", "rate"):
+                    raise ValueError(f"LagrangeConfig.cost_estimate must be 'episodes' or 'rate', got {v!r}")
             elif f.name == "d_delay":
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise ValueError(f"LagrangeConfig.d_delay must be an integer >= 1, got {v!r}")

@@ -39,8 +39,12 @@ class PPOLagrangian(PPO):
         device: str | torch.device = "cpu",
         obs_spec: Mapping[str, TensorSpec] | None = None,
         cost_critic_hidden_dims: tuple[int, ...] = (128, 64, 32),
+        episode_steps: int | None = None,
     ):
         super().__init__(actor_critic, num_envs, cfg, device, obs_spec)
+        if lag.cost_estimate == "rate" and not episode_steps:
+            raise ConfigError("algo.cost_estimate=rate needs the env's episode length (max_episode_length)")
+        self.episode_steps = episode_steps
         self.lag = lag
         self.multiplier = LagrangeMultiplier(lag)
         self.cost_group = str(getattr(actor_critic, "critic_obs", "critic"))
@@ -50,6 +54,7 @@ class PPOLagrangian(PPO):
         self.cost_optimizer = torch.optim.Adam(self.cost_critic.parameters(), lr=cfg.learning_rate)
         t, dev = cfg.num_steps_per_env, self.device
         self.costs = torch.zeros(t, num_envs, device=dev)
+        self.step_costs = torch.zeros(t, num_envs, device=dev)  # as paid, without bootstrap
         self.cost_values = torch.zeros(t, num_envs, device=dev)
         self.cost_returns = torch.zeros(t, num_envs, device=dev)
         self._running_cost = torch.zeros(num_envs, device=dev)
@@ -68,7 +73,8 @@ class PPOLagrangian(PPO):
             "ppo_lagrangian", cfg, [PPOConfig, LagrangeConfig], ["cost_critic_hidden_dims"]
         )
         hidden = tuple(int(h) for h in cfg.get("cost_critic_hidden_dims", (128, 64, 32)))
-        return cls(policy, env.num_envs, pcfg, lcfg, env.device, env.obs_spec, hidden)
+        steps = getattr(env, "max_episode_length", None)
+        return cls(policy, env.num_envs, pcfg, lcfg, env.device, env.obs_spec, hidden, steps)
 
     def cost_value(self, obs: Obs) -> torch.Tensor:
         """V_c (N,) of the observation's critic group."""
@@ -92,6 +98,7 @@ class PPOLagrangian(PPO):
         if final_obs is not None:
             cost += self.cfg.gamma * torch.where(time_outs, self.cost_value(final_obs), 0.0)
         self.costs[t] = cost
+        self.step_costs[t] = out.cost
         self.cost_values[t] = self._pending_cost_value
         done = out.terminated | out.truncated
         self._running_cost += out.cost
@@ -119,7 +126,12 @@ class PPOLagrangian(PPO):
         self.cost_returns.copy_(cost_returns)
         cost_adv = cost_adv - self.sync.mean_std(cost_adv)[0]
         jc = self.episode_cost()
-        if jc is not None:
+        self._cost_rate_estimate = None
+        if self.lag.cost_estimate == "rate":
+            rate = self.sync.pooled_mean(self.step_costs)
+            self._cost_rate_estimate = None if rate is None else rate * self.episode_steps
+            self.multiplier.update(self._cost_rate_estimate)
+        elif jc is not None:
             self.multiplier.update(jc)
         lam = self.multiplier.value
         s.advantages.copy_((s.advantages - lam * cost_adv) / (1.0 + lam))
@@ -152,6 +164,9 @@ class PPOLagrangian(PPO):
         jc = getattr(self, "_last_episode_cost", None)
         if jc is not None:
             stats["safety/episode_cost"] = jc
+        estimate = getattr(self, "_cost_rate_estimate", None)
+        if estimate is not None:
+            stats["safety/episode_cost_estimate"] = estimate
         return stats
 
     def state_dict(self) -> dict[str, Any]:

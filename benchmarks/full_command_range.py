@@ -1,0 +1,96 @@
+"""A go2_velocity run on the whole training command range, beside the forward-only walking figure.
+
+    python benchmarks/full_command_range.py RUN [RUN ...] [--episodes 64]
+
+For each run directory: ``embodied.evaluate.evaluate`` with commands drawn from the full training
+ranges (vx in [-1, 1] m/s, vy in [-0.5, 0.5] m/s, yaw rate in [-1, 1] rad/s; evaluation seed 12345,
+randomization, noise and pushes on, error after the first second), and the mean air time at
+touchdown (``gait_learning.air_time_at_touchdown`` on the same commands). One markdown row each,
+with the run's forward-only ``eval.json`` beside it.
+
+Exits 1 unless every run meets the thresholds: linear-velocity error <= 0.10 m/s, yaw-rate error
+<= 0.15 rad/s, falls < 2 %, air time at touchdown >= 0.25 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gait_learning
+
+from embodied.evaluate import evaluate
+from embodied.workflow import build_env, load_policy, load_run, set_threads
+
+FULL = {"lin_vel_x": [-1.0, 1.0], "lin_vel_y": [-0.5, 0.5], "ang_vel_yaw": [-1.0, 1.0]}
+LIMITS = {"lin_vel_error": 0.10, "ang_vel_error": 0.15, "fall_rate": 0.02, "air_time": 0.25}
+
+
+def full_range(run: Path, episodes: int) -> dict[str, float]:
+    run_dir, cfg = load_run(str(run))
+    set_threads(cfg)
+    env = build_env(cfg, num_envs=episodes, seed=12345)
+    env.set_command_ranges(FULL)
+    policy, _ = load_policy(run_dir, cfg, env, None)
+    result = evaluate(env, policy, seed=12345, warmup_s=float(cfg.task.eval.get("warmup_s", 1.0)))
+    env.close()
+    original = gait_learning.load_run
+
+    def on_full_range(path: str):
+        d, c = original(path)
+        c.task.eval.commands = FULL
+        return d, c
+
+    gait_learning.load_run = on_full_range
+    try:
+        air, landings = gait_learning.air_time_at_touchdown(run_dir, episodes)
+    finally:
+        gait_learning.load_run = original
+    return {**result, "air_time": air, "landings": landings}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--episodes", type=int, default=64)
+    a = p.parse_args()
+    torch.set_grad_enabled(False)
+    ok = True
+    print(
+        "| run | commands | lin-vel error (m/s) | yaw-rate error (rad/s) | falls "
+        "| air time at touchdown (s) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for run in a.runs:
+        fwd = json.loads((run / "eval.json").read_text())
+        print(
+            f"| {run} | forward 0-1 m/s (eval.json) | {fwd['lin_vel_error']:.3f} "
+            f"| {fwd['ang_vel_error']:.3f} | {100 * fwd['fall_rate']:.1f} % | - |"
+        )
+        r = full_range(run, a.episodes)
+        print(
+            f"| {run} | full range | {r['lin_vel_error']:.3f} | {r['ang_vel_error']:.3f} "
+            f"| {100 * r['fall_rate']:.1f} % ({round(r['fall_rate'] * r['episodes'])}/{r['episodes']}) "
+            f"| {r['air_time']:.3f} ({r['landings']} landings) |"
+        )
+        checks = {
+            "lin_vel_error": r["lin_vel_error"] <= LIMITS["lin_vel_error"],
+            "ang_vel_error": r["ang_vel_error"] <= LIMITS["ang_vel_error"],
+            "fall_rate": r["fall_rate"] < LIMITS["fall_rate"],
+            "air_time": r["air_time"] >= LIMITS["air_time"],
+        }
+        for k, passed in checks.items():
+            value = r[k]
+            print(f"{'PASS' if passed else 'MISS'}  {k} {value:.3f} (limit {LIMITS[k]:g})")
+        ok &= all(checks.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

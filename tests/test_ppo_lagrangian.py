@@ -40,6 +40,15 @@ def test_pid_multiplier_by_hand():
     assert m.update(0.0) == pytest.approx(max(0.0, 0.1 * -10 + max(0.0, 0.01 * 20)))
 
 
+def test_cost_margin_moves_the_target_under_the_limit():
+    m = LagrangeMultiplier(
+        LagrangeConfig(cost_limit=25.0, cost_margin=0.2, multiplier="gradient", lambda_lr=0.1)
+    )
+    assert m.update(22.0) == pytest.approx(0.1 * (22.0 - 20.0))  # above 20 = 0.8 x 25, below the limit
+    with pytest.raises(ValueError, match=r"cost_margin must be a number in \[0, 1\)"):
+        LagrangeConfig(cost_margin=1.0)
+
+
 def test_averaged_pid_multiplier_by_hand():
     """OmniSafe's CPPOPID: P on an EMA of the violation, D on the rise of an EMA of J_c over d_delay."""
     cfg = LagrangeConfig(cost_limit=10.0, kp=0.1, ki=0.01, kd=0.5, p_ema=0.5, d_ema=0.5, d_delay=2)

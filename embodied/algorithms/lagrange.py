@@ -22,6 +22,8 @@ class LagrangeConfig:
     """The multiplier's update; invalid values raise ValueError naming the field."""
 
     cost_limit: float = 25.0  # expected cost per episode
+    cost_margin: float = 0.0  # aim at (1 - cost_margin) x cost_limit: a multiplier that aims at the
+    # limit itself keeps J_c around it, above it half of the time
     multiplier: str = "pid"  # "gradient" | "pid"
     lambda_init: float = 0.0
     lambda_lr: float = 0.035  # gradient ascent step on (J_c - limit)
@@ -49,7 +51,7 @@ class LagrangeConfig:
             elif f.name == "d_delay":
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise ValueError(f"LagrangeConfig.d_delay must be an integer >= 1, got {v!r}")
-            elif f.name in ("p_ema", "d_ema"):
+            elif f.name in ("p_ema", "d_ema", "cost_margin"):
                 if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v < 1.0:
                     raise ValueError(f"LagrangeConfig.{f.name} must be a number in [0, 1), got {v!r}")
             elif isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
@@ -70,7 +72,7 @@ class LagrangeMultiplier:
     def update(self, episode_cost: float) -> float:
         """One update from J_c = ``episode_cost``; returns the new lambda."""
         c = self.cfg
-        error = episode_cost - c.cost_limit
+        error = episode_cost - (1.0 - c.cost_margin) * c.cost_limit
         if c.multiplier == "gradient":
             value = self.value + c.lambda_lr * error
         else:

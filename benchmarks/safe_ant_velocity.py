@@ -1,7 +1,7 @@
 """PPO-Lagrangian against unconstrained PPO on the velocity-constrained ant, on one budget.
 
     python benchmarks/safe_ant_velocity.py [--iterations 250] [--out runs/bench_safe_ant] [--reuse]
-                                            [--parallel]
+                                            [--parallel] [--lag algo.cost_margin=0.2]
 
 Trains ``task=ant_velocity`` (Safety-Gymnasium's SafetyAntVelocity-v1 constraint: cost 1 on every
 step where the torso's planar speed exceeds 2.6222 m/s, 1000-step episodes) twice with the same
@@ -56,12 +56,14 @@ def train(algo: str, run_dir: Path, iterations: int, seed: int, extra: list[str]
     return time.perf_counter() - t0
 
 
-def train_parallel(runs: dict[str, Path], iterations: int, seed: int, extra: list[str]) -> dict[str, float]:
+def train_parallel(
+    runs: dict[str, Path], iterations: int, seed: int, extra: dict[str, list[str]]
+) -> dict[str, float]:
     """Both runs at once, one process each (give each 1 thread on 2 cores); wall seconds per run."""
     t0 = time.perf_counter()
     procs = {
         algo: subprocess.Popen(
-            [sys.executable, "-m", "embodied", *train_args(algo, d, iterations, seed, extra)],
+            [sys.executable, "-m", "embodied", *train_args(algo, d, iterations, seed, extra[algo])],
             stdout=subprocess.DEVNULL,
         )
         for algo, d in runs.items()
@@ -100,14 +102,18 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/bench_safe_ant"))
     ap.add_argument("--reuse", action="store_true", help="read finished runs in --out, train nothing")
     ap.add_argument("--parallel", action="store_true", help="train both runs at once, one process each")
+    ap.add_argument(
+        "--lag", action="append", default=[], metavar="KEY=VALUE", help="for the PPO-Lag run only (algo.*)"
+    )
     ap.add_argument("overrides", nargs="*", help="extra key=value for both runs (threads, num_envs)")
     a = ap.parse_args()
     runs = {algo: a.out / algo for algo in ("ppo", "ppo_lagrangian")}
+    extra = {"ppo": a.overrides, "ppo_lagrangian": [*a.overrides, *a.lag]}
     walls: dict[str, float] = {}
     if a.parallel and not a.reuse:
-        walls = train_parallel(runs, a.iterations, a.seed, a.overrides)
+        walls = train_parallel(runs, a.iterations, a.seed, extra)
     elif not a.reuse:
-        walls = {algo: train(algo, d, a.iterations, a.seed, a.overrides) for algo, d in runs.items()}
+        walls = {algo: train(algo, d, a.iterations, a.seed, extra[algo]) for algo, d in runs.items()}
     figures = {algo: tail_means(d) for algo, d in runs.items()}
     ppo, lag = figures["ppo"], figures["ppo_lagrangian"]
     print("| algorithm | steps | return (last 10 %) | episode cost (last 10 %) | multiplier | wall |")

@@ -1,7 +1,7 @@
 """Safety filters on a driving run trained without costs: events cut, and route completion kept.
 
     python benchmarks/safety_filters.py RUN [--settings none,box,cbf] [--episodes 64] [--seeds 0,1,2]
-        [--filter cbf] [--min-cut 10] [--max-completion-drop 0.10]
+        [--filter cbf] [--min-cut 10] [--max-completion-drop 0.10] [--current-barriers]
 
 Runs ``embodied safety-eval`` on RUN (a driving run, e.g. ``task=driving_dense`` trained with the
 default, speed-hungry reward) under each setting on the same seeds and initial states, and prints
@@ -12,6 +12,9 @@ over seeds with its 95 % interval. The report lands in RUN/safety/.
 Exits 1 unless ``--filter`` cuts both collision and lane-departure events per step by at least
 ``--min-cut`` times against ``none`` (an event rate of 0 under the filter counts as met when the
 unfiltered rate is above 0) and route completion falls by at most ``--max-completion-drop``.
+
+``--current-barriers`` evaluates the barriers the task's config declares now (configs/task/) in place
+of those saved in RUN/config.yaml at training time; the policy and every other key stay the run's.
 """
 
 from __future__ import annotations
@@ -46,12 +49,19 @@ def main() -> int:
     ap.add_argument("--min-cut", type=float, default=10.0)
     ap.add_argument("--max-completion-drop", type=float, default=0.10)
     ap.add_argument("--video", action="store_true")
+    ap.add_argument("--current-barriers", action="store_true")
     a = ap.parse_args()
 
+    from omegaconf import open_dict
+
+    from embodied.cli import compose
     from embodied.safety_eval import safety_eval
     from embodied.workflow import load_run
 
     run_dir, cfg = load_run(a.run)
+    if a.current_barriers:
+        with open_dict(cfg):
+            cfg.task.barriers = compose([f"task={cfg.task.name}"]).task.barriers
     settings = a.settings.split(",")
     if "none" not in settings or a.filter not in settings:
         raise SystemExit(f"--settings must include none and {a.filter}")

@@ -157,9 +157,10 @@ def test_intervention_penalty_is_paid_and_logged():
     env.close()
 
 
-def test_cbf_exports_into_onnx_with_parity_where_it_is_active(tmp_path):
-    env = make_env("driving_traffic", num_envs=4)
-    cfg = OmegaConf.to_container(task_config("driving_traffic"), resolve=True)
+@pytest.mark.parametrize("task", ["driving_traffic", "driving_dense"])  # polynomial / corridor barriers
+def test_cbf_exports_into_onnx_with_parity_where_it_is_active(tmp_path, task):
+    env = make_env(task, num_envs=4)
+    cfg = OmegaConf.to_container(task_config(task), resolve=True)
     layout, dim = env.obs_layout("policy"), env.obs_spec["policy"].shape[0]
     chain = build_chain(["box", "cbf"], {"box": {"low": -0.8}}, layout, env.action_dim, task=cfg)
     actor = torch.nn.Sequential(torch.nn.Linear(dim, 2), torch.nn.Tanh())

@@ -177,6 +177,29 @@ def test_parity_fails_if_normalizer_is_left_out(tmp_path, loaded):
         check_parity(loaded["policy"], runners, obs)
 
 
+def test_parity_is_measured_in_action_units():
+    """A joint target scaled 6x per unit of action may differ by 6x the tolerance; the actions may not,
+    and a scale under 1 does not loosen the bound."""
+    actor = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh())
+    policy = ExportedPolicy(actor, torch.zeros(2), torch.tensor([0.3, 6.0]), obs_dim=3)
+    obs = {"random": torch.randn(8, 3, generator=torch.Generator().manual_seed(0))}
+    ref = torch_runner(policy)
+
+    def shifted(target_shift: tuple[float, float], action_shift: float):
+        def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            t, a = ref(x)
+            return t + np.float32(target_shift), a + np.float32(action_shift)
+
+        return run
+
+    diffs = check_parity(policy, {"wheel": shifted((0.0, 5e-5), 0.0)}, obs, tol=1e-5)
+    assert diffs["wheel/random"] == pytest.approx(5e-5 / 6.0, rel=0.02)  # float32 rounding of t + 5e-5
+    with pytest.raises(ExportError, match="disagrees with torch"):
+        check_parity(policy, {"steer": shifted((2e-5, 0.0), 0.0)}, obs, tol=1e-5)
+    with pytest.raises(ExportError, match="disagrees with torch"):
+        check_parity(policy, {"actions": shifted((0.0, 0.0), 2e-5)}, obs, tol=1e-5)
+
+
 def test_refused_export_leaves_existing_files_untouched(tmp_path, loaded):
     out = tmp_path / "exported"
     out.mkdir()

@@ -102,7 +102,7 @@ def _axis_intervals(g: torch.Tensor, b: torch.Tensor):
     return ~empty, empty_with_slack, lo, hi
 
 
-@pytest.mark.parametrize("task", ["driving_traffic", "arm_pick_place"])
+@pytest.mark.parametrize("task", ["driving_traffic", "driving_dense", "arm_pick_place"])  # dense: corridor
 def test_cbf_on_axis_aligned_barriers_is_the_exact_projection_or_flags_the_row(task):
     f, _, layout = _cbf(task)
 

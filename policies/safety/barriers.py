@@ -15,6 +15,10 @@ A barrier declares::
                                              # depends on action j alone, with gain c_j
     rate:  0.5                               # gamma in (0, 1]: h(x') >= (1 - gamma) h(x)
 
+A barrier with ``kind:`` is a module instead (``KINDS``; e.g. ``swept_corridor``, a car's path among
+its range-ray hits, policies/safety/corridor.py): it reads its terms through the layout and gives its
+rows' G, b and h itself. Its rows follow the polynomial ones.
+
 so that the discrete-time barrier condition h(x') - h(x) >= -gamma h(x) becomes the linear
 constraint ``G(x) a >= b(x)`` with ``G = gain`` and ``b = -gamma h - drift``. A barrier has as many
 rows as its widest feature (a vector term gives one row per component; scalars broadcast).
@@ -31,6 +35,9 @@ import torch
 from torch import nn
 
 from policies.safety.base import FilterError, Layout, term_slice
+from policies.safety.corridor import SweptCorridor
+
+KINDS = {"swept_corridor": SweptCorridor}  # barriers that are modules: spec -> rows (G, b, h)
 
 _FACTOR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)(?::(\d+))?\])?$")
 
@@ -119,7 +126,7 @@ class StackedPolynomial(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, torch.ones_like(obs[:, :1])], 1)
-        v = x.index_select(1, self.cols).view(-1, self.k, self.f, self.rows) * self.inv
+        v = x.index_select(1, self.cols).view(x.shape[0], self.k, self.f, self.rows) * self.inv
         return (v.prod(2) * self.coeff).sum(1)
 
 
@@ -146,12 +153,18 @@ class Barriers(nn.Module):
         gain_blocks: list[list[tuple[int, list[Monomial]]]] = [[] for _ in range(action_dim)]
         self.names: list[str] = []
         self.row_counts: list[int] = []
+        modules: list[tuple[str, nn.Module]] = []
         for name, spec in specs.items():
             where = f"barrier {name!r}"
             if spec is None:  # switched off: a variant's `<name>: null` or `task.barriers.<name>=null`
                 continue
             if not isinstance(spec, Mapping):
                 raise FilterError(f"{where} must be a mapping with h, drift, gain and rate")
+            if "kind" in spec:
+                if spec["kind"] not in KINDS:
+                    raise FilterError(f"{where}: unknown kind {spec['kind']!r}; known: {sorted(KINDS)}")
+                modules.append((str(name), KINDS[spec["kind"]](spec, layout, action_dim, where)))
+                continue
             unknown = sorted(set(spec) - {"h", "drift", "gain", "rate"})
             if unknown:
                 raise FilterError(f"{where}: unknown key(s) {unknown}; known: h, drift, gain, rate")
@@ -185,12 +198,22 @@ class Barriers(nn.Module):
         self.drift = StackedPolynomial(drift_blocks, obs_dim)
         self.gain = nn.ModuleList(StackedPolynomial(g, obs_dim) for g in gain_blocks)
         self.register_buffer("rate", torch.tensor(rates))
+        self.modules_ = nn.ModuleList(m for _, m in modules)
+        self.names.extend(n for n, _ in modules)
+        self.row_counts.extend(int(m.num_rows) for _, m in modules)
         self.num_rows = sum(self.row_counts)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.h(obs)
         g = torch.stack([p(obs) for p in self.gain], -1)
-        return g, -self.rate * h - self.drift(obs), h
+        b = -self.rate * h - self.drift(obs)
+        gs, bs, hs = [g], [b], [h]
+        for m in self.modules_:
+            mg, mb, mh = m(obs)
+            gs.append(mg)
+            bs.append(mb)
+            hs.append(mh)
+        return torch.cat(gs, 1), torch.cat(bs, 1), torch.cat(hs, 1)
 
 
 def _diagonal(value: Any, action_dim: int, where: str) -> list[list[float]]:

@@ -21,7 +21,9 @@ RANGED = ("mass_scale", "friction_scale", "motor_strength")
 
 
 def episode_perturbations(preset: Mapping[str, Any], episodes: int, seed: int) -> list[dict[str, float]]:
-    """One perturbation per episode: ranges are sampled, and the first episodes take the corners."""
+    """One perturbation per episode: ranges are sampled, and the first episodes take the corners.
+    A preset's ``actuator`` (the target robot's actuator model) is not a perturbation: see run_target."""
+    preset = {k: v for k, v in preset.items() if k != "actuator"}
     ranged = {k: tuple(float(x) for x in v) for k, v in preset.items() if k in RANGED}
     fixed = {k: float(v) for k, v in preset.items() if k not in RANGED}
     corners = [{}]
@@ -65,7 +67,9 @@ def run_target(
     video_path: Path | None,
 ) -> dict[str, Any]:
     """The exported policy through DeployRunner and a simulated robot of the target engine (MujocoRobot,
-    or BackendRobot for genesis / mjwarp): one robot per episode."""
+    or BackendRobot for genesis / mjwarp, and for any engine when the preset names the robot's
+    ``actuator``, a sim/actuators.py model such as a DC motor the policy never trained with): one
+    robot per episode."""
     from embodied.deploy import DeployRunner, MujocoRobot, Perturbation, load_manifest
     from embodied.deploy.backend_robot import BackendRobot
     from sim.assets import resolve_model_path
@@ -80,6 +84,7 @@ def run_target(
     )
     errors, fell, lengths, measured, hits, frames = [], [], [], [], {}, []
     engine = str(s2s.get("target_engine", "mujoco"))
+    actuator = preset.get("actuator")
     for e in range(episodes):
         common = dict(
             physics_dt=manifest.control.physics_dt,
@@ -87,7 +92,10 @@ def run_target(
             perturb=Perturbation.from_dict(perts[e]),
             seed=seed + e,
         )
-        robot = MujocoRobot(model, **common) if engine == "mujoco" else BackendRobot(engine, model, **common)
+        if engine == "mujoco" and actuator is None:
+            robot = MujocoRobot(model, **common)
+        else:
+            robot = BackendRobot(engine, model, actuator=actuator, **common)
         runner = DeployRunner(exported, robot)
         cmd, err, vx, down = commands[e].astype(np.float32), [], [], False
         for t in range(steps):
@@ -231,6 +239,8 @@ def sim2sim(
                 f"sim2sim target={target} drives locomotion policies; arm and car runs are checked in mujoco"
             )
 
+        if "actuator" in (presets[preset_name] or {}):
+            raise ConfigError(f"preset {preset_name!r} sets the robot's actuator: it drives locomotion runs")
         perts = episode_perturbations(presets[preset_name] or {}, episodes, seed)
         return sim2sim_task(run_dir, run_cfg, s2s, preset_name, perts, seed=seed, out_dir=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

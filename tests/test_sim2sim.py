@@ -175,3 +175,36 @@ def test_arm_and_car_runs_refuse_a_non_mujoco_target(tmp_path):
     (tmp_path / "config.yaml").write_text("task: {family: manipulation}\n")
     with pytest.raises(ConfigError, match="checked in mujoco"):
         sim2sim(tmp_path, target="genesis", preset_name="nominal")
+
+
+def test_a_preset_may_give_the_robot_its_own_actuator():
+    """``actuator:`` in a preset puts a sim/actuators.py model on the target robot (here a weak DC
+    motor): its torques stay under the stall torque and the joints follow less; it is not a
+    perturbation, and a bad one is a one-line error."""
+    import numpy as np
+
+    from embodied.deploy import DeployError
+    from embodied.deploy.backend_robot import BackendRobot
+    from embodied.sim2sim import episode_perturbations
+    from sim.assets import resolve_model_path
+
+    model = resolve_model_path("go2_flat.xml")
+    weak = {"model": "dc_motor", "tau_stall": 2.0, "w_free": 20.0}
+    robots = [BackendRobot("mujoco", model, physics_dt=0.005, decimation=4, actuator=a) for a in (None, weak)]
+    q0 = robots[0].read().joint_pos
+    kp, kd = robots[0]._kp0.copy(), robots[0]._kd0.copy()
+    moved = []
+    for r in robots:
+        for _ in range(10):
+            r.write_targets(q0 + 0.4, kp, kd)
+            r.advance()
+        moved.append(float(np.abs(r.read().joint_pos - q0).mean()))
+    assert robots[0].backend.actuator is None and robots[1].backend.actuator.model == "dc_motor"
+    assert float(robots[1].backend.actuator.last_torque.abs().max()) <= 2.0 + 1e-9
+    assert abs(moved[1] - moved[0]) > 0.05, moved  # 2 N m cannot hold the trunk up: the legs give way
+    for r in robots:
+        r.close()
+    assert episode_perturbations({"actuator": weak, "latency_s": 0.01}, 2, 0) == [{"latency_s": 0.01}] * 2
+    with pytest.raises(DeployError, match="robot actuator") as e:
+        BackendRobot("mujoco", model, physics_dt=0.005, decimation=4, actuator={"model": "warp_drive"})
+    assert "\n" not in str(e.value)

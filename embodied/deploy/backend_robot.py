@@ -43,6 +43,7 @@ class BackendRobot:
         perturb: Perturbation | None = None,
         seed: int = 0,
         options: dict | None = None,
+        actuator: dict | None = None,
     ):
         if not (isinstance(physics_dt, (int, float)) and physics_dt > 0):
             raise DeployError(f"physics_dt must be > 0, got {physics_dt!r}")
@@ -54,6 +55,13 @@ class BackendRobot:
             )
         except (SimConfigError, ValueError) as e:
             raise DeployError(one_line(f"cannot build a {engine} robot for {model_path}: {e}")) from None
+        if actuator is not None:  # the robot's own motors, e.g. a DC motor the policy never trained with
+            if not hasattr(self.backend, "set_actuator"):
+                raise DeployError(f"the {engine} backend has no actuator models (sim/actuators.py)")
+            try:
+                self.backend.set_actuator(dict(actuator))
+            except (SimConfigError, ValueError) as e:
+                raise DeployError(one_line(f"robot actuator {dict(actuator)}: {e}")) from None
         self.engine, self.physics_dt, self.decimation = engine, float(physics_dt), decimation
         self.perturb = perturb or Perturbation()
         info = self.backend.info

@@ -207,3 +207,16 @@ def test_the_three_rows_hold_exactly_where_every_rays_row_holds(seed):
     dead = (rows["on_side"] & (rows["gain_side"].abs() <= 1e-6) & (rows["b_side"] > 0)).any(-1)
     dead |= (rows["on_near"] & (rows["gain_near"].abs() <= 1e-6) & (rows["b_near"] > 0)).any(-1)
     assert torch.equal(combined, per_ray & ~dead)
+
+
+def test_a_row_steering_cannot_move_pushes_away_from_its_hit_not_towards_it():
+    """At a standstill the steering moves nothing (gain 0): a lateral row broken by a sideways slide
+    towards a hit on the right is flagged, and the saturated steering points left, away from it."""
+    f = CBFFilter(LAYOUT, 2, barriers={"corridor": SPEC})
+    _, obs = _hit(3.0 * math.cos(ANGLES[1]), 3.0 * math.sin(ANGLES[1]), v=0.0, v_left=-2.0)  # 1.5 m right
+    rows = f.barriers.modules_[0].per_ray(obs)
+    j = 1
+    assert bool(rows["on_side"][0, j]) and float(rows["gain_side"][0, j]) == 0.0
+    assert float(rows["h_side"][0, j]) < 0 and float(rows["side"][0, j]) == -1.0
+    safe, _, info = f(obs, torch.tensor([[0.0, 0.0]]))
+    assert bool(info["infeasible"][0]) and float(safe[0, 0]) > 0.0

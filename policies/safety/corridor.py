@@ -161,7 +161,8 @@ class SweptCorridor(nn.Module):
 
     def per_ray(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each ray's braking and lateral row, (B, R) each: ``h_*``, ``b_*`` (the bound of
-        ``gain * a >= b``), ``gain_*`` (on throttle and on steering) and ``on_*`` (the row applies)."""
+        ``gain * a >= b``), ``gain_*`` (on throttle and on steering), ``on_*`` (the row applies) and
+        ``side`` / ``side_near`` (+1 for a hit on the left of the path / of the car, -1 on the right)."""
         p = self.p
         e, x, r = self.path_offset(obs)
         vel = self._raw(obs, self.vel_cols)
@@ -200,10 +201,12 @@ class SweptCorridor(nn.Module):
             "b_brake": -p["rate"] * h_brake - drift_brake,
             "gain_brake": -p["headway"] * p["brake"] * self.cos.expand_as(r),
             "on_brake": hit & inside & (self.cos > 0.2),  # ahead: braking does not help behind
+            "side": side,
             "h_side": h_side,
             "b_side": -p["lateral_rate"] * h_side + side * u,
             "gain_side": -side * p["horizon"] * p["steer_gain"] * v * v,
             "on_side": near & (~inside | band & ~blocked),
+            "side_near": side_n,
             "h_near": h_near,
             "b_near": -p["lateral_rate"] * h_near - drift_near,
             "gain_near": -side_n * p["horizon"] * xc * (p["steer_gain"] / p["dt"]) * v,
@@ -221,8 +224,13 @@ class SweptCorridor(nn.Module):
         bound = torch.cat([rows["b_side"], rows["b_near"]], 1)
         on = torch.cat([rows["on_side"], rows["on_near"]], 1)
         h_lat = torch.cat([rows["h_side"], rows["h_near"]], 1)
-        left = on & (gain <= 0)  # hits on the left: steering left lowers h
-        right = on & (gain > 0)
+        # Rows with an upper bound on the steering (steering left lowers their h) and with a lower one;
+        # a row steering cannot move (at a standstill) goes by its side, so that the saturated
+        # steering points away from its hit.
+        still = gain.abs() <= 1.0e-6
+        left_side = torch.cat([rows["side"], rows["side_near"]], 1) > 0
+        left = on & ((gain < 0) & ~still | still & left_side)
+        right = on & ~left
         steer_hi = _upper(gain, bound, left, big)
         steer_lo = -_upper(-gain, bound, right, big)
         h = torch.stack(

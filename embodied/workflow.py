@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from embodied.algorithms import Algorithm, build_algorithm
+from embodied.algorithms.teacher import parse_teacher
 from embodied.env import BatchedEnv
 from embodied.errors import ConfigError
 from embodied.registry import make_env
@@ -111,7 +112,14 @@ def build_algo(cfg: DictConfig, env: BatchedEnv, policy: nn.Module) -> Algorithm
     """The registered algorithm ``algo.name`` training ``policy`` on ``env``."""
     a: dict[str, Any] = OmegaConf.to_container(cfg.algo, resolve=True)
     bind_policy(getattr(env, "filters", None), policy)  # filters that imagine the policy's next steps
-    return build_algorithm(str(a.pop("name", "ppo")), a, policy, env)
+    name = str(a.pop("name", "ppo"))
+    alg = build_algorithm(name, a, policy, env)
+    teacher = parse_teacher(cfg.task.get("teacher"))
+    if teacher is not None:  # the task's imitation term (embodied/algorithms/teacher.py)
+        if not hasattr(alg, "set_teacher"):
+            raise ConfigError(f"algo {name} takes no teacher; train with ppo, or set task.teacher=null")
+        alg.set_teacher(teacher)
+    return alg
 
 
 def checkpoint_meta(cfg: DictConfig, env: BatchedEnv) -> dict[str, Any]:

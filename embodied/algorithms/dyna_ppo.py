@@ -234,6 +234,11 @@ class DynaPPO(PPO):
             "dyna/imagined_termination": float(ended.float().mean()),
         }
 
+    def set_teacher(self, teacher: Any) -> None:
+        raise ConfigError(
+            "dyna_ppo trains on imagined branches that have no teacher labels; set task.teacher=null"
+        )
+
     def mini_batches(self) -> Iterator[MiniBatch]:
         real = super().mini_batches()
         if not self._imagined_ready:

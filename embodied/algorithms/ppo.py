@@ -11,6 +11,7 @@ from torch import nn
 
 from embodied.algorithms.base import LocalSync
 from embodied.algorithms.config import check_types, parse_config
+from embodied.algorithms.teacher import TeacherConfig, imitation_loss
 from embodied.env import Obs, StepOut
 from embodied.errors import ConfigError
 from embodied.rollout import MiniBatch, RolloutStorage, compute_gae
@@ -122,14 +123,41 @@ class PPO:
         if missing:
             raise ConfigError(f"the policy reads observation groups {missing} the env does not give")
         self.obs_groups = groups
-        self.storage = RolloutStorage(
-            cfg.num_steps_per_env,
-            num_envs,
-            {g: obs_spec[g] for g in groups},
-            actor_critic.num_actions,
+        self.obs_spec = dict(obs_spec)
+        self.num_envs = num_envs
+        self.teacher: TeacherConfig | None = None
+        self.storage = self._new_storage()
+        self._transition: dict[str, Any] = {}
+
+    def _new_storage(self) -> RolloutStorage:
+        return RolloutStorage(
+            self.cfg.num_steps_per_env,
+            self.num_envs,
+            {g: self.obs_spec[g] for g in self.obs_groups},
+            self.actor_critic.num_actions,
             self.device,
         )
-        self._transition: dict[str, Any] = {}
+
+    def set_teacher(self, teacher: TeacherConfig) -> None:
+        """Add the imitation term toward the env's ``teacher.group`` (embodied/algorithms/teacher.py).
+
+        The group is stored with the rollout; its width must be the action size.
+        """
+        spec = self.obs_spec.get(teacher.group)
+        if spec is None:
+            raise ConfigError(
+                f"task.teacher.group {teacher.group!r} is not an observation group of this task; "
+                f"groups: {', '.join(sorted(self.obs_spec))}"
+            )
+        if tuple(spec.shape) != (self.actor_critic.num_actions,):
+            raise ConfigError(
+                f"teacher group {teacher.group!r} has shape {tuple(spec.shape)}, but the policy acts "
+                f"with {self.actor_critic.num_actions} dims"
+            )
+        self.teacher = teacher
+        if teacher.group not in self.obs_groups:
+            self.obs_groups = (*self.obs_groups, teacher.group)
+            self.storage = self._new_storage()
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], policy: nn.Module, env: Any) -> PPO:
@@ -230,6 +258,7 @@ class PPO:
         cfg, ac = self.cfg, self.actor_critic
         sums = {"loss/value": 0.0, "loss/surrogate": 0.0, "loss/entropy": 0.0, "policy/kl": 0.0}
         num_updates = 0
+        teacher_coef = 0.0 if self.teacher is None else self.teacher.coefficient(self.iteration)
         for batch in self.mini_batches():
             ac.update_distribution(batch.obs)
             log_prob = ac.get_actions_log_prob(batch.actions)
@@ -250,6 +279,13 @@ class PPO:
                 values, batch.values, batch.returns, cfg.clip_param, cfg.use_clipped_value_loss
             )
             loss = surrogate + cfg.value_loss_coef * v_loss - cfg.entropy_coef * entropy
+            if self.teacher is not None:  # logged even once its weight has decayed to 0
+                target = batch.obs[self.teacher.group]
+                imitation = imitation_loss(self.teacher.loss, ac.action_mean, ac.action_std, target)
+                loss = loss + teacher_coef * imitation
+                sums["loss/teacher"] = sums.get("loss/teacher", 0.0) + imitation.item()
+                mse = (ac.action_mean.detach() - target).square().mean().item()
+                sums["teacher/action_mse"] = sums.get("teacher/action_mse", 0.0) + mse
 
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -267,6 +303,8 @@ class PPO:
         self.iteration += 1
         stats = {k: v / num_updates for k, v in sums.items()}
         stats["policy/learning_rate"] = self.learning_rate
+        if self.teacher is not None:
+            stats["teacher/coef"] = teacher_coef
         stats["policy/action_std"] = ac.action_std.mean().item()  # of the last minibatch's distribution
         return stats
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from embodied.terms.arm_teacher import ARM_TEACHERS
+
 
 def _tanh_kernel(dist: torch.Tensor, std: float) -> torch.Tensor:
     """1 at distance 0, falling to ~0.24 at ``std`` and to 0 far away."""
@@ -218,5 +220,6 @@ MANIP_OBSERVATIONS = _table(
     cubes_lin_vel,
     pads_pos,
 )
+MANIP_OBSERVATIONS.update(ARM_TEACHERS)
 MANIP_TERMINATIONS = _table(object_out_of_bounds, cubes_out_of_bounds)
 MANIP_COSTS = _table(arm_table_contact, arm_self_contact, ee_speed_over_limit)

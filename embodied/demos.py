@@ -138,7 +138,12 @@ def _state_names(env: Any, group: str) -> list[str]:
         layout = env.obs_layout(group)
     except (AttributeError, KeyError, ValueError):
         return [f"s{i}" for i in range(env.obs_spec[group].dim)]
-    return [t["name"] if t["dim"] == 1 else f"{t['name']}.{i}" for t in layout for i in range(t["dim"])]
+    names = []
+    for t in layout:
+        h, d = int(t.get("history", 1)), int(t["dim"])
+        own = [t["name"]] if d == 1 else [f"{t['name']}.{i}" for i in range(d)]
+        names += own if h == 1 else [f"{n}@t-{h - 1 - k}" for k in range(h) for n in own]  # oldest first
+    return names
 
 
 def summary(root: str | Path) -> str:

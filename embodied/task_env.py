@@ -72,13 +72,22 @@ class TaskEnv:
         groups = cfg.get("observations") or {}
         if "policy" not in groups:
             raise ConfigError("task config needs an observations.policy group")
-        reserved = ("scale", "clip", "noise")
+        reserved = ("scale", "clip", "noise", "history")
         self.obs_terms = {
             g: build_terms(
                 spec, tables["observations"], f"observation ({g})", reserved=reserved, context=self
             )
             for g, spec in groups.items()
         }
+        for g, terms in self.obs_terms.items():
+            for t in terms:
+                h = t.meta.get("history", 1)
+                if isinstance(h, bool) or not isinstance(h, int) or h < 1:
+                    raise ConfigError(f"observations.{g}.{t.name}.history must be an integer >= 1, got {h!r}")
+        # Terms with history > 1: the last `history` samples (N, H, d), oldest first, per (group, term).
+        # After a reset an env's history is filled with its first sample, as the deploy runner does.
+        self._obs_history: dict[tuple[str, int], torch.Tensor] = {}
+        self._history_refill = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         self.filters = FilterChain()  # the safety-filter stage: empty unless set_filters is called
         self.intervention_penalty = 0.0
         self.unstable_total = torch.zeros((), dtype=torch.long, device=self.device)
@@ -246,7 +255,7 @@ class TaskEnv:
         # A blown-up env's state is garbage: no reward from it, and it is reset like a fall.
         reward = torch.where(unstable, 0.0, reward)
         truncated = (self.episode_length >= self.max_episode_length) & ~terminated
-        obs = self._observe(s)
+        obs = self._observe(s, advance=True)
         done = terminated | truncated
         log.update(self._dr_log)
         log["log/sim/unstable_resets"] = unstable.sum()
@@ -300,13 +309,15 @@ class TaskEnv:
         return torch.arange(self.backend.info.nq, device=self.device)
 
     def obs_layout(self, group: str = "policy") -> list[dict[str, Any]]:
-        """Each observation term of a group in order: name, dim, scale, clip (for export/deploy)."""
+        """Each observation term of a group in order: name, dim (of one sample), scale, clip, history
+        (samples stacked oldest first: the term is dim * history wide), as export and deploy read it."""
         return [
             {
                 "name": t.name,
                 "dim": int(t(self.state).shape[-1]),
                 "scale": float(t.meta.get("scale", 1.0)),
                 "clip": None if t.meta.get("clip") is None else float(t.meta["clip"]),
+                "history": int(t.meta.get("history", 1)),
             }
             for t in self.obs_terms[group]
         ]
@@ -398,13 +409,16 @@ class TaskEnv:
         self._on_reset(mask)
         for t in (*self.rewards, *self.costs, *self.terminations):
             t.reset(mask)
+        self._history_refill |= mask
         self.state = self._read_state(torch.where(mask[:, None], 0.0, self.state.action))
 
-    def _observe(self, s: Any) -> Obs:
+    def _observe(self, s: Any, advance: bool = False) -> Obs:
+        """The observation groups of state ``s``. ``advance``: ``s`` is a new step's state, so the
+        histories take its sample; otherwise only the envs reset since the last call refill theirs."""
         out = {}
         for group, terms in self.obs_terms.items():
             parts = []
-            for t in terms:
+            for i, t in enumerate(terms):
                 v = t(s)
                 noise = float(t.meta.get("noise", 0.0))
                 if noise > 0.0:
@@ -414,13 +428,29 @@ class TaskEnv:
                     )
                 v = v * float(t.meta.get("scale", 1.0))
                 clip = t.meta.get("clip")
-                parts.append(v.clamp(-clip, clip) if clip is not None else v)
+                v = v.clamp(-clip, clip) if clip is not None else v
+                history = int(t.meta.get("history", 1))
+                parts.append(v if history == 1 else self._stack(group, i, v, history, advance))
             out[group] = torch.nan_to_num(torch.cat(parts, dim=-1), 0.0, OBS_CLIP, -OBS_CLIP).clamp(
                 -OBS_CLIP, OBS_CLIP
             )
         if self.rgb_observe:
             out["rgb"] = self.frames()
+        self._history_refill.zero_()
         return out
+
+    def _stack(self, group: str, index: int, v: torch.Tensor, history: int, advance: bool) -> torch.Tensor:
+        """(N, history * d): the term's last ``history`` samples, oldest first; ``v`` (N, d) is the newest."""
+        fill = v[:, None].expand(-1, history, -1)
+        buf = self._obs_history.get((group, index))
+        if buf is None:
+            buf = fill
+        else:
+            if advance:
+                buf = torch.cat([buf[:, 1:], v[:, None]], 1)
+            buf = torch.where(self._history_refill[:, None, None], fill, buf)
+        self._obs_history[(group, index)] = buf
+        return buf.flatten(1)
 
     def _check_terms(self) -> Obs:
         """Evaluate every term once, so a term that needs data this model lacks fails at build time."""

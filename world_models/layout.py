@@ -31,6 +31,11 @@ class StateLayout:
         terms = []
         for group, layout in layouts.items():
             for t in layout:
+                if int(t.get("history", 1)) != 1:
+                    raise WorldModelError(
+                        f"observation term {group}.{t['name']} stacks {t['history']} samples (history); a "
+                        "world model predicts one step's observation: give it a group without history"
+                    )
                 terms.append(
                     {
                         "group": str(group),

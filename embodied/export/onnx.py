@@ -96,7 +96,7 @@ def deploy_manifest(
     spec = env.obs_spec["policy"]
     if spec.kind != "vector" or spec.dim != policy.obs_dim:
         raise ExportError(f"the policy takes {policy.obs_dim} floats, the env's policy group is {spec}")
-    observations = [{**term, "history": 1} for term in env.obs_layout("policy")]
+    observations = [{"history": 1, **term} for term in env.obs_layout("policy")]
     width = sum(t["dim"] * t["history"] for t in observations)
     if width != policy.obs_dim:
         raise ExportError(f"observation terms add up to {width}, the policy takes {policy.obs_dim}")

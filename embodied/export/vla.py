@@ -297,7 +297,7 @@ def vla_manifest(
             "output": "embedding",
         },
         "instructions": list(instructions),
-        "proprio_terms": [{**t, "history": 1} for t in env.obs_layout(policy.proprio_obs)],
+        "proprio_terms": [{"history": 1, **t} for t in env.obs_layout(policy.proprio_obs)],
         "control": {
             "dt": float(env.dt),
             "physics_dt": float(backend.physics_dt),

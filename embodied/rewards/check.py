@@ -68,8 +68,9 @@ def scripted_reach(env: Any) -> Teacher | None:
     start = 0
     for t in layout:
         if t["name"] == "ee_goal_error":
+            start += t["dim"] * (t.get("history", 1) - 1)  # its newest sample
             break
-        start += t["dim"]
+        start += t["dim"] * t.get("history", 1)
     step = float(env.cfg["ik"]["pos_scale"])
 
     def act(obs: dict[str, torch.Tensor]) -> torch.Tensor:

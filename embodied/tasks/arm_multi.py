@@ -370,8 +370,8 @@ class ArmMultiEnv(ArmEnv):
         if self.latency_range[1] > 0:
             self.latency = self.latency[lead]
 
-    def _observe(self, s: MultiArmState) -> Obs:
-        out = super()._observe(s)
+    def _observe(self, s: MultiArmState, advance: bool = False) -> Obs:
+        out = super()._observe(s, advance)
         out["instruction"] = self.instruction[:, None].clone()
         return out
 

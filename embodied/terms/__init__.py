@@ -56,9 +56,12 @@ def build_terms(
 
     Unknown term names and parameters the function does not take are errors, not silently ignored.
     A class in the table is instantiated once as ``cls(context, **params)`` (``context`` is the env).
+    A term set to ``false`` is off: how a variant (or an override) drops a term its parent has.
     """
     terms: list[Term] = []
     for name, spec in (cfg or {}).items():
+        if spec is False:
+            continue
         spec = dict(spec or {}) if isinstance(spec, Mapping) else {"weight": float(spec)}
         fn_name = spec.pop("fn", name)
         if fn_name not in table:

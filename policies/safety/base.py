@@ -23,13 +23,17 @@ class FilterError(ValueError):
 
 
 def term_slice(layout: Layout, name: str) -> tuple[int, int, float]:
-    """(start, stop, scale) of observation term ``name``; raw value = obs[:, start:stop] / scale."""
+    """(start, stop, scale) of observation term ``name``'s current value; raw = obs[:, start:stop] / scale.
+
+    A term with history stacks its samples oldest first: the slice is its newest sample.
+    """
     start = 0
     for t in layout:
-        dim = int(t["dim"]) * int(t.get("history", 1))
+        dim, history = int(t["dim"]), int(t.get("history", 1))
         if t["name"] == name:
-            return start, start + dim, float(t.get("scale", 1.0))
-        start += dim
+            newest = start + (history - 1) * dim
+            return newest, newest + dim, float(t.get("scale", 1.0))
+        start += dim * history
     names = ", ".join(str(t["name"]) for t in layout)
     raise FilterError(f"the policy observation has no term {name!r} (it has: {names})")
 

@@ -50,9 +50,10 @@ def main() -> int:
     score = {}
     for name, results in rows.items():
         for check, r in results:
+            train_err = r["training_engine_tracking_error"]
             print(
                 f"| {name} | {check} | {r['falls']} / {r['episodes']} | {r['tracking_error']:.3f} m/s | "
-                f"{r['training_engine_tracking_error']:.3f} m/s | {r['tracking_ratio']:.2f} | {r['verdict']} |"
+                f"{train_err:.3f} m/s | {r['tracking_ratio']:.2f} | {r['verdict']} |"
             )
         falls = sum(r["falls"] for _, r in results)
         error = sum(r["tracking_error"] for _, r in results) / len(results)

@@ -141,14 +141,12 @@ def run_training_engine(
     run_dir: Path, run_cfg: DictConfig, s2s: Mapping[str, Any], *, episodes: int
 ) -> dict[str, Any]:
     """The same sweep in the training env (nominal: no randomization, no observation noise)."""
-    from embodied.workflow import build_env, load_policy
+    from embodied.workflow import build_env, load_policy, silence_policy_noise
 
     cfg = run_cfg.copy()
     cfg.task.episode_length_s = float(s2s["episode_s"]) + 1.0  # no time limit inside the sweep
     cfg.task.randomization = {}
-    for term in cfg.task.observations.policy.values():
-        if term is not None and "noise" in term:
-            term.noise = 0.0
+    silence_policy_noise(cfg)
     env = build_env(cfg, num_envs=episodes, seed=0)
     policy, _ = load_policy(run_dir, cfg, env, None)
     obs = env.reset(seed=0)

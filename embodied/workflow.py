@@ -34,6 +34,13 @@ def set_threads(cfg: DictConfig) -> None:
         pass  # already fixed by an earlier parallel op in this process; harmless
 
 
+def silence_policy_noise(cfg: DictConfig) -> None:
+    """Zero the noise of every policy observation term in place (a term set to false has none)."""
+    for term in cfg.task.observations.policy.values():
+        if isinstance(term, DictConfig) and "noise" in term:
+            term.noise = 0.0
+
+
 def build_filters(cfg: DictConfig, env: BatchedEnv) -> FilterChain:
     """The safety-filter chain ``safety.filters`` (empty when the config has none)."""
     node = cfg.get("safety")

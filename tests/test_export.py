@@ -34,7 +34,7 @@ from embodied.export import (
     torchscript_runner,
 )
 from embodied.math import quat_rotate_inverse
-from embodied.workflow import build_env, build_policy, load_policy
+from embodied.workflow import build_env, build_policy, load_policy, silence_policy_noise
 from policies.safety import SafetyFilter, register_filter
 from tests.test_cli import embodied
 from tests.test_train_e2e import TINY
@@ -275,9 +275,7 @@ def test_graph_names(run):
 def quiet_env(run):
     """The run's env without observation noise (so its obs is a pure function of its state), its policy."""
     cfg = OmegaConf.load(run / "config.yaml")
-    for term in cfg.task.observations.policy.values():
-        if term is not None and "noise" in term:
-            term.noise = 0.0
+    silence_policy_noise(cfg)
     env = build_env(cfg, num_envs=4)
     ac, _ = load_policy(run, cfg, env, None)
     yield env, ac

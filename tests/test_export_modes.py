@@ -18,7 +18,14 @@ from embodied.sim2sim_tasks import EnvRobot
 from embodied.workflow import build_env, build_policy
 from tests.test_cli import embodied
 
-EXPORTS = {"go2_velocity", "arm_reach", "driving_lane_follow", "driving_traffic", "driving_dense"}
+EXPORTS = {
+    "go2_velocity",
+    "go2_velocity_proprio",
+    "arm_reach",
+    "driving_lane_follow",
+    "driving_traffic",
+    "driving_dense",
+}
 REFUSALS = {
     "ant": "is not in the deploy schema",
     "ant_velocity": "is not in the deploy schema",

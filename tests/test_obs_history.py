@@ -14,7 +14,7 @@ from embodied.errors import ConfigError
 from embodied.export import ObservationGraph, export_run
 from embodied.export.observation_graph import training_signals
 from embodied.registry import make_env
-from embodied.workflow import build_env, load_policy
+from embodied.workflow import build_env, load_policy, silence_policy_noise
 from tests.test_cli import embodied
 from tests.test_train_e2e import TINY
 
@@ -102,9 +102,7 @@ def test_deploy_runner_stacks_the_history_training_saw(tmp_path: Path):
     assert {t.name: t.history for t in manifest.observations}["base_ang_vel"] == 3
     cfg = OmegaConf.load(run / "config.yaml")
     cfg.task.episode_length_s = 20.0  # no reset within the comparison (the runner's would be its own)
-    for term in cfg.task.observations.policy.values():
-        if term is not None and "noise" in term:
-            term.noise = 0.0
+    silence_policy_noise(cfg)
     env = build_env(cfg, num_envs=1)
     ac, _ = load_policy(run, cfg, env, None)
     graph = ObservationGraph.from_env(env)

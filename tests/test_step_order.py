@@ -60,6 +60,31 @@ def test_air_time_is_the_true_airborne_duration_while_other_envs_reset(go2):
         del env.backend.state
 
 
+def test_contact_and_air_time_count_the_current_phase(go2):
+    env = go2
+    contact = _scripted_contacts(env)
+    try:
+        env.reset()
+        zero = torch.zeros(env.num_envs, env.action_dim)
+        contact.fill_(1.0)
+        for _ in range(3):
+            env.step(zero)
+        s = env.state
+        assert torch.allclose(s.contact_time, torch.full_like(s.contact_time, 3 * env.dt))
+        assert bool((s.air_time == 0).all())
+        contact[:, 1] = 0.0  # foot 1 lifts off: its stance ends, its swing starts this step
+        env.step(zero)
+        env.step(zero)
+        s = env.state
+        assert torch.allclose(s.air_time[:, 1], torch.full((env.num_envs,), 2 * env.dt))
+        assert bool((s.contact_time[:, 1] == 0).all())
+        assert torch.allclose(s.contact_time[:, 0], torch.full((env.num_envs,), 5 * env.dt))
+        env.reset(torch.tensor([True, False, False]))
+        assert bool((env.contact_time[0] == 0).all()) and float(env.contact_time[1, 0]) > 0
+    finally:
+        del env.backend.state
+
+
 def test_reading_the_state_twice_advances_nothing(go2):
     env = go2
     env.reset()

@@ -48,6 +48,8 @@ class LocoState:
     foot_contact: torch.Tensor | None = None  # (N, F) bool
     first_contact: torch.Tensor | None = None  # (N, F) bool
     last_air_time: torch.Tensor | None = None  # (N, F) air time before this step's touchdown
+    air_time: torch.Tensor | None = None  # (N, F) airborne so far, this step included (0 in contact)
+    contact_time: torch.Tensor | None = None  # (N, F) in contact so far, this step included (0 airborne)
     base_contact: torch.Tensor | None = None  # (N,) bool
     undesired_contact: torch.Tensor | None = None  # (N, K) bool
 
@@ -99,6 +101,7 @@ class LocomotionEnv(TaskEnv):
         self.last_joint_vel = torch.zeros(n, info.nu, device=dev)
         nfeet = len(self._sensor_cols.get("foot_contact", ()))
         self.air_time = torch.zeros(n, nfeet, device=dev)
+        self.contact_time = torch.zeros(n, nfeet, device=dev)
         super().__init__(cfg, backend, seed)
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -146,6 +149,8 @@ class LocomotionEnv(TaskEnv):
             s.first_contact = (self.air_time > 0) & contact
             # The air time this step ends with: what feet touching down now were airborne for.
             s.last_air_time = self.air_time + self.dt
+            s.air_time = s.last_air_time * ~contact
+            s.contact_time = (self.contact_time + self.dt) * contact
         if "base_contact" in cols:
             s.base_contact = (data[:, cols["base_contact"]] > 0).any(-1)
         if "undesired_contact" in cols:
@@ -154,7 +159,8 @@ class LocomotionEnv(TaskEnv):
 
     def _advance(self, s: LocoState) -> None:
         if s.foot_contact is not None:
-            self.air_time = s.last_air_time * ~s.foot_contact
+            self.air_time = s.air_time
+            self.contact_time = s.contact_time
         self.last_action = s.action
         self.last_joint_vel = s.joint_vel
 
@@ -182,6 +188,7 @@ class LocomotionEnv(TaskEnv):
         cmd = torch.where(zero[:, None], 0.0, cmd)
         self.command = torch.where(mask[:, None], cmd, self.command)
         self.air_time = torch.where(mask[:, None], 0.0, self.air_time)
+        self.contact_time = torch.where(mask[:, None], 0.0, self.contact_time)
         self.last_joint_vel = torch.where(mask[:, None], 0.0, self.last_joint_vel)
         self.last_action = torch.where(mask[:, None], 0.0, self.last_action)
 

@@ -44,6 +44,24 @@ def feet_air_time(s, threshold: float = 0.5, min_command: float = 0.1) -> torch.
     return paid * (s.command[:, :2].norm(dim=-1) > min_command)
 
 
+def feet_phase_time(s, mode_time: float = 0.3, velocity_threshold: float = 0.5) -> torch.Tensor:
+    """Each foot's current swing or stance duration, paid every step while under ``mode_time``.
+
+    Asked to move (or moving faster than ``velocity_threshold``), a foot earns the length of the
+    phase it is in until that reaches ``mode_time``, then nothing until it switches: per unit time
+    this peaks when both swing and stance last ``mode_time``, so it sets the step length, where
+    ``feet_air_time`` only penalizes short steps (and not a foot that slides). Asked to stand, a foot
+    earns its contact time minus its air time, both clipped to ``mode_time``. Isaac Lab's Spot
+    ``air_time_reward`` has this form.
+    """
+    phase = torch.maximum(s.air_time, s.contact_time)
+    moving = s.command.norm(dim=-1) > 0.0
+    moving |= s.base_lin_vel[:, :2].norm(dim=-1) > velocity_threshold
+    gait = torch.where(phase < mode_time, phase, 0.0)
+    stand = (s.contact_time - s.air_time).clamp(-mode_time, mode_time)
+    return torch.where(moving[:, None], gait, stand).sum(-1)
+
+
 def flat_orientation_l2(s) -> torch.Tensor:
     """Gravity's xy component in the base frame, squared: zero when level."""
     return s.projected_gravity[:, :2].square().sum(-1)
@@ -93,6 +111,7 @@ REWARDS = {
         joint_acc_l2,
         action_rate_l2,
         feet_air_time,
+        feet_phase_time,
         flat_orientation_l2,
         undesired_contacts,
         base_height_l2,

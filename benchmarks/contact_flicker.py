@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
+from embodied.errors import ConfigError
 from embodied.workflow import build_env, load_policy, load_run, set_threads
-
-FULL = {"lin_vel_x": [-1.0, 1.0], "lin_vel_y": [-0.5, 0.5], "ang_vel_yaw": [-1.0, 1.0]}
 
 
 def flights(contact: torch.Tensor) -> torch.Tensor:
@@ -42,13 +41,17 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=500)
     a = p.parse_args()
     torch.set_grad_enabled(False)
-    run_dir, cfg = load_run(str(a.run))
+    try:
+        run_dir, cfg = load_run(str(a.run))
+    except ConfigError as e:
+        print(f"contact_flicker: {e}", file=sys.stderr)
+        return 2
     set_threads(cfg)
     env = build_env(cfg, num_envs=a.episodes, seed=12345)
     if "foot_contact" not in getattr(env, "_sensor_cols", {}):
         print(f"{a.run}: the task has no foot_contact sensors", file=sys.stderr)
         return 2
-    env.set_command_ranges(FULL)
+    env.set_command_ranges(cfg.task.commands)  # the run's own training ranges
     policy, _ = load_policy(run_dir, cfg, env, None)
     obs = env.reset(seed=12345)
     cols = env._sensor_cols["foot_contact"]

@@ -89,26 +89,32 @@ def test_world_models_refuse_a_stacked_term():
         StateLayout.from_groups({"policy": _env().obs_layout("policy")})
 
 
-def test_deploy_runner_stacks_the_history_training_saw(tmp_path: Path):
-    run = tmp_path / "run"
-    args = ["observations.policy.base_ang_vel.history=3", "observations.policy.projected_gravity.history=2"]
+def exported_pair(run: Path, *train_args: str):
+    """Train a tiny go2 run with ``train_args``, export it, and return (manifest, env, policy, graph,
+    builder, obs): the training env (one env, no observation noise, no reset for 20 s) and its first
+    observation, beside the deploy runner's ObservationBuilder for the same run, both reset."""
     p = embodied(
-        "train", *TINY, *[f"+task.{a}" for a in args], "train.max_iterations=1", "train.evaluate=false",
-        f"run_dir={run}", timeout=300,
+        "train", *TINY, *train_args, "train.max_iterations=1", "train.evaluate=false", f"run_dir={run}",
+        timeout=300,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
     export_run(run)
     manifest = load_manifest(run / "exported" / "deploy.yaml")
-    assert {t.name: t.history for t in manifest.observations}["base_ang_vel"] == 3
     cfg = OmegaConf.load(run / "config.yaml")
     cfg.task.episode_length_s = 20.0  # no reset within the comparison (the runner's would be its own)
     silence_policy_noise(cfg)
     env = build_env(cfg, num_envs=1)
     ac, _ = load_policy(run, cfg, env, None)
-    graph = ObservationGraph.from_env(env)
     builder = ObservationBuilder(manifest)
     obs = env.reset(seed=3)
     builder.reset()
+    return manifest, env, ac, ObservationGraph.from_env(env), builder, obs
+
+
+def test_deploy_runner_stacks_the_history_training_saw(tmp_path: Path):
+    args = ["observations.policy.base_ang_vel.history=3", "observations.policy.projected_gravity.history=2"]
+    manifest, env, ac, graph, builder, obs = exported_pair(tmp_path / "run", *[f"+task.{a}" for a in args])
+    assert {t.name: t.history for t in manifest.observations}["base_ang_vel"] == 3
     for _ in range(6):
         x = {k: v.numpy() for k, v in training_signals(graph, env.state).items()}
         np.testing.assert_allclose(builder.stack(x), obs["policy"][0].numpy(), atol=1e-5)

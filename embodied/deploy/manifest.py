@@ -27,6 +27,7 @@ SIGNALS: dict[str, int | str] = {
     "joint_pos": JOINT_WIDE,  # rad
     "joint_vel": JOINT_WIDE,  # rad/s
     "last_action": ACTION_WIDE,  # the previous `actions` output of policy.onnx (zeros at start)
+    "time": 1,  # s since the episode started: the runner's ticks times control.dt (a gait clock)
     "ee_pos": 3,  # end-effector position in the action frame, m (the arm's forward kinematics)
     "goal_pos": 3,  # the task's target point in the action frame, m (the arm's command)
 }

@@ -59,6 +59,7 @@ class ObservationBuilder:
         self.inputs = self._check_graph()
         self.outputs = [OBS_OUTPUT_PREFIX + t.name for t in self.terms]
         self._history: list[deque[np.ndarray]] = [deque(maxlen=t.history) for t in self.terms]
+        self.ticks = 0  # observations built since reset: the `time` signal is ticks * control.dt
 
     def _check_graph(self) -> dict[str, int]:
         """{input name: width} of observation.onnx, after checking it against deploy.yaml."""
@@ -98,6 +99,11 @@ class ObservationBuilder:
         """Forget all histories (call at episode start)."""
         for h in self._history:
             h.clear()
+        self.ticks = 0
+
+    def time(self) -> np.ndarray:
+        """(1,) the `time` signal: seconds since reset, counted in control ticks as training counts steps."""
+        return np.array([self.ticks * self.manifest.control.dt])
 
     def signals(
         self, reading: RobotReading, command: np.ndarray, last_action: np.ndarray
@@ -112,6 +118,7 @@ class ObservationBuilder:
             "base_lin_vel": lambda: self._lin_vel(reading.base_lin_vel),
             "command": lambda: _vector(command, 3, "command"),
             "last_action": lambda: _vector(last_action, self.manifest.action_dim, "last_action"),
+            "time": self.time,
         }
         return {name: values[name]().astype(np.float32)[None] for name in self.inputs}
 
@@ -129,6 +136,8 @@ class ObservationBuilder:
                 value = last_action
             elif name == "goal_pos":
                 value = command
+            elif name == "time":
+                value = self.time()
             elif name in given:
                 value = given[name]
             else:
@@ -181,6 +190,7 @@ class ObservationBuilder:
                 hist.append(value)
             parts.extend(hist)  # oldest first
         obs = np.concatenate(parts)
+        self.ticks += 1
         if self.obs_clip is not None:
             obs = np.clip(obs, -self.obs_clip, self.obs_clip)
         return obs.astype(np.float32)

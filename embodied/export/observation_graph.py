@@ -39,6 +39,7 @@ FIELDS = {
     "action": "last_action",  # terms read the action of the step just taken as `action`
     "ee_pos": "ee_pos",  # an arm's forward kinematics
     "goal_pos": "goal_pos",  # an arm's target point (its command)
+    "gait_time": "time",  # the runner counts control ticks since reset, as training counts steps
 }
 # Terms a robot's state estimation or perception stack hands over whole (input
 # "perception/<term>", unscaled): the graph only scales and clips them. Per task family.
@@ -54,7 +55,7 @@ PERCEPTION = {
         "speed_limit",
     ),
 }
-CONSTANTS = ("default_joint_pos",)  # robot facts, baked into the graph
+CONSTANTS = ("default_joint_pos", "gait_period")  # robot and task facts, baked into the graph
 # Where the same signals sit on a training state, for recording them (the inverse of FIELDS).
 TRAINING_SIGNALS = {
     "base_lin_vel": "base_lin_vel",
@@ -66,6 +67,7 @@ TRAINING_SIGNALS = {
     "last_action": "action",
     "ee_pos": "ee_pos",
     "goal_pos": "goal_pos",
+    "time": "gait_time",
 }
 
 

@@ -44,8 +44,11 @@ class LocoState:
     action: torch.Tensor  # (N, A)
     last_action: torch.Tensor  # (N, A)
     command: torch.Tensor  # (N, 3) vx, vy, yaw rate
+    gait_time: torch.Tensor | None = None  # (N, 1) seconds since the episode started: the gait clock
+    gait_period: float | None = None  # s per gait cycle (task key ``gait_period``); None: no clock
     joint_torque: torch.Tensor | None = None  # (N, J)
     foot_contact: torch.Tensor | None = None  # (N, F) bool
+    foot_pos: torch.Tensor | None = None  # (N, F, 3) world frame (sensor group ``foot_pos``)
     first_contact: torch.Tensor | None = None  # (N, F) bool
     last_air_time: torch.Tensor | None = None  # (N, F) air time before this step's touchdown
     air_time: torch.Tensor | None = None  # (N, F) airborne so far, this step included (0 in contact)
@@ -93,6 +96,7 @@ class LocomotionEnv(TaskEnv):
         self.command_ranges = self._parse_command_ranges(cfg.get("commands") or {}, dev)
         self.zero_command_prob = float((cfg.get("commands") or {}).get("zero_prob", 0.0))
         self.reset_cfg = dict(cfg.get("reset") or {})
+        self.gait_period = self._gait_period(cfg.get("gait_period"))
         self._sensor_cols = self._resolve_sensors(backend, cfg.get("sensors") or {})
 
         n, dev = backend.num_envs, dev
@@ -139,6 +143,8 @@ class LocomotionEnv(TaskEnv):
             action=action,
             last_action=self.last_action,
             command=self.command,
+            gait_time=self.episode_length[:, None].float() * self.dt,
+            gait_period=self.gait_period,
         )
         cols, data = self._sensor_cols, sim.sensordata
         if "joint_torque" in cols:
@@ -151,6 +157,8 @@ class LocomotionEnv(TaskEnv):
             s.last_air_time = self.air_time + self.dt
             s.air_time = s.last_air_time * ~contact
             s.contact_time = (self.contact_time + self.dt) * contact
+        if "foot_pos" in cols:
+            s.foot_pos = data[:, cols["foot_pos"]].reshape(self.num_envs, -1, 3)
         if "base_contact" in cols:
             s.base_contact = (data[:, cols["base_contact"]] > 0).any(-1)
         if "undesired_contact" in cols:
@@ -228,6 +236,18 @@ class LocomotionEnv(TaskEnv):
         """Replace the command distribution (evaluation sweeps use this)."""
         self.command_ranges = self._parse_command_ranges(ranges, self.device)
         self.zero_command_prob = zero_prob
+
+    @staticmethod
+    def _gait_period(period: Any) -> float | None:
+        if period is None:
+            return None
+        try:
+            value = float(period)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise ConfigError(f"gait_period must be a positive number of seconds, got {period!r}")
+        return value
 
     @staticmethod
     def _parse_command_ranges(c: Mapping[str, Any], device: torch.device) -> torch.Tensor:

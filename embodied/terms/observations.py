@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from embodied.errors import ConfigError
 
 
 def base_lin_vel(s) -> torch.Tensor:  # 3
@@ -31,6 +35,14 @@ def joint_vel(s) -> torch.Tensor:  # num joints
 
 def last_action(s) -> torch.Tensor:  # action dim
     return s.action
+
+
+def gait_clock(s) -> torch.Tensor:  # 2: sin, cos of the gait phase
+    """The gait clock: the phase of ``gait_time`` in cycles of the task's ``gait_period``."""
+    if s.gait_period is None:
+        raise ConfigError("observation gait_clock needs the task key gait_period (seconds per gait cycle)")
+    phase = (2 * math.pi) * s.gait_time / s.gait_period
+    return torch.cat([torch.sin(phase), torch.cos(phase)], -1)
 
 
 def foot_contact(s) -> torch.Tensor:  # num feet
@@ -79,6 +91,7 @@ OBSERVATIONS = {
         joint_pos_rel,
         joint_vel,
         last_action,
+        gait_clock,
         foot_contact,
         base_height,
         joint_torque,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+from embodied.errors import ConfigError
 
 
 def track_lin_vel_xy_exp(s, sigma: float = 0.25) -> torch.Tensor:
@@ -62,6 +66,46 @@ def feet_phase_time(s, mode_time: float = 0.3, velocity_threshold: float = 0.5) 
     return torch.where(moving[:, None], gait, stand).sum(-1)
 
 
+def gait_contact(s, duty: float = 0.5, offsets: Sequence[float] = (0.0, 0.5, 0.5, 0.0)) -> torch.Tensor:
+    """Fraction of feet whose contact matches the gait clock's schedule (unitree_rl_gym's contact).
+
+    Foot f should stand while ``(gait_time / gait_period + offsets[f]) mod 1 < duty`` and swing for
+    the rest of the cycle: with the default offsets (feet FL, FR, RL, RR) diagonal pairs alternate,
+    a trot, and each swing lasts ``(1 - duty) * gait_period`` seconds. The policy sees the same
+    clock through the ``gait_clock`` observation.
+    """
+    stance = _scheduled_stance(s, duty, offsets, "gait_contact")
+    return (s.foot_contact == stance).float().mean(-1)
+
+
+def feet_swing_height(
+    s,
+    height: float = 0.08,
+    foot_radius: float = 0.022,
+    duty: float = 0.5,
+    offsets: Sequence[float] = (0.0, 0.5, 0.5, 0.0),
+) -> torch.Tensor:
+    """How far the feet the gait clock schedules to swing are off the ground, as a fraction of
+    ``height`` (clipped at 1), averaged over all feet: 1 - duty at best. Flat ground at z = 0;
+    ``foot_radius`` is the foot sphere's, so a standing foot has clearance 0. It pays lifting the
+    swing foot clear instead of shuffling it along the ground (walk-these-ways' swing-height term)."""
+    swing = ~_scheduled_stance(s, duty, offsets, "feet_swing_height")
+    clearance = (s.foot_pos[..., 2] - foot_radius).clamp(min=0.0) / height
+    return (clearance.clamp(max=1.0) * swing).mean(-1)
+
+
+def _scheduled_stance(s, duty: float, offsets: Sequence[float], term: str) -> torch.Tensor:
+    """(N, F) bool: which feet the gait clock wants on the ground now."""
+    if s.gait_period is None:
+        raise ConfigError(f"reward {term} needs the task key gait_period (seconds per gait cycle)")
+    off = torch.as_tensor(offsets, dtype=s.gait_time.dtype, device=s.gait_time.device)
+    if off.shape != s.foot_contact.shape[1:]:
+        raise ConfigError(
+            f"{term} has {off.numel()} offsets for {s.foot_contact.shape[1]} feet; give one per foot"
+        )
+    return torch.remainder(s.gait_time / s.gait_period + off, 1.0) < duty
+
+
 def flat_orientation_l2(s) -> torch.Tensor:
     """Gravity's xy component in the base frame, squared: zero when level."""
     return s.projected_gravity[:, :2].square().sum(-1)
@@ -112,6 +156,8 @@ REWARDS = {
         action_rate_l2,
         feet_air_time,
         feet_phase_time,
+        gait_contact,
+        feet_swing_height,
         flat_orientation_l2,
         undesired_contacts,
         base_height_l2,

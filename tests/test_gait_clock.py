@@ -94,6 +94,9 @@ def test_clock_terms_without_a_period_are_one_line_errors():
         gait_contact(_state(0.0, [True] * 4, period=None))
     with pytest.raises(ConfigError, match="3 offsets for 4 feet"):
         gait_contact(_state(0.0, [True] * 4), offsets=(0.0, 0.5, 0.5))
+    for duty in (0.0, 1.0, 1.5):  # a duty out of (0, 1) would schedule no swing or no stance at all
+        with pytest.raises(ConfigError, match=r"gait_contact.duty is the stance fraction"):
+            gait_contact(_state(0.0, [True] * 4), duty=duty)
 
 
 @pytest.mark.parametrize("bad", [0, -0.5, "fast", float("inf")])

@@ -6,6 +6,7 @@ observations and terminations all come from ``configs/task/<name>.yaml``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -245,7 +246,7 @@ class LocomotionEnv(TaskEnv):
             value = float(period)
         except (TypeError, ValueError):
             value = float("nan")
-        if not value > 0 or value == float("inf"):
+        if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"gait_period must be a positive number of seconds, got {period!r}")
         return value
 

@@ -98,6 +98,8 @@ def _scheduled_stance(s, duty: float, offsets: Sequence[float], term: str) -> to
     """(N, F) bool: which feet the gait clock wants on the ground now."""
     if s.gait_period is None:
         raise ConfigError(f"reward {term} needs the task key gait_period (seconds per gait cycle)")
+    if not 0.0 < duty < 1.0:
+        raise ConfigError(f"{term}.duty is the stance fraction of a gait cycle, in (0, 1); got {duty!r}")
     off = torch.as_tensor(offsets, dtype=s.gait_time.dtype, device=s.gait_time.device)
     if off.shape != s.foot_contact.shape[1:]:
         raise ConfigError(

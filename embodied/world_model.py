@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from embodied.errors import ConfigError
+from embodied.registry import config_dirs
 from embodied.workflow import build_env, load_run, set_threads
 from world_models import (
     Ensemble,
@@ -31,16 +32,40 @@ from world_models import (
 from world_models.train import fit
 
 MODEL_FILE = "model.pt"
-FIT_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "max_updates_per_epoch")
-NET_KEYS = ("members", "elites", "hidden", "min_logvar", "max_logvar")
+FIT_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "patience",
+    "max_updates_per_epoch",
+    "rollout_steps",
+)
+NET_KEYS = ("members", "elites", "hidden", "min_logvar", "max_logvar", "linear_skip")
 
 
 def world_model_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "world_model"
 
 
+def with_current_defaults(cfg: DictConfig) -> DictConfig:
+    """``cfg`` whose ``world_model`` also has the keys its config file gained after the run was made
+    (a run's saved config.yaml keeps the keys of its day; the run's own values win)."""
+    if cfg.get("world_model") is None:
+        return cfg
+    name = str(cfg.world_model.get("name", ""))
+    for d in config_dirs():
+        path = Path(d) / "world_model" / f"{name}.yaml"
+        if path.is_file():
+            cfg = cfg.copy()
+            cfg.world_model = OmegaConf.merge(OmegaConf.load(path), cfg.world_model)
+            break
+    return cfg
+
+
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """``cfg`` with ``world_model.<key>=<value>`` overrides merged; any other key is a ConfigError."""
+    cfg = with_current_defaults(cfg)
     known = set(OmegaConf.to_container(cfg.world_model)) if cfg.get("world_model") is not None else set()
     for o in overrides:
         key = o.split("=", 1)[0]

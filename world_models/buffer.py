@@ -100,13 +100,9 @@ class TransitionBuffer:
         d = self.data
         return d.state[mask], d.action[mask], d.targets()[mask], d.terminated[mask]
 
-    def windows(
-        self, horizon: int, split: str = "val", max_windows: int | None = None, seed: int = 0
-    ) -> Transitions:
-        """(H, M, ...) windows of H consecutive steps of one episode each, from ``split``.
-
-        A window may end on the episode's last step, but no step before it is the end of an episode.
-        """
+    def window_starts(self, horizon: int, split: str = "val") -> torch.Tensor:
+        """(M, 2) long (step, env column) of every window of H consecutive steps of one episode in
+        ``split``. A window may end on the episode's last step, but no step before it ends one."""
         if horizon < 1:
             raise WorldModelError(f"horizon must be >= 1, got {horizon}")
         d = self.data
@@ -122,11 +118,15 @@ class TransitionBuffer:
         starts = ok.nonzero()
         if starts.shape[0] == 0:
             raise WorldModelError(f"no {split} episode has {horizon} consecutive steps")
-        if max_windows is not None and starts.shape[0] > max_windows:
-            g = torch.Generator().manual_seed(seed)
-            starts = starts[torch.randperm(starts.shape[0], generator=g)[:max_windows].to(starts.device)]
-        steps = starts[:, 0][None] + torch.arange(horizon, device=starts.device)[:, None]  # (H, M)
-        cols = starts[:, 1][None].expand(horizon, -1)
+        return starts
+
+    def gather(self, starts: torch.Tensor, horizon: int) -> Transitions:
+        """The windows of H steps from ``starts`` (..., 2): every field (H, ..., ...)."""
+        d = self.data
+        steps = starts[..., 0][None] + torch.arange(horizon, device=starts.device).view(
+            -1, *[1] * (starts.dim() - 1)
+        )
+        cols = starts[..., 1][None].expand_as(steps)
         return Transitions(
             d.state[steps, cols],
             d.action[steps, cols],
@@ -136,6 +136,16 @@ class TransitionBuffer:
             d.terminated[steps, cols],
             d.truncated[steps, cols],
         )
+
+    def windows(
+        self, horizon: int, split: str = "val", max_windows: int | None = None, seed: int = 0
+    ) -> Transitions:
+        """(H, M, ...) windows of H consecutive steps of one episode each, from ``split``."""
+        starts = self.window_starts(horizon, split)
+        if max_windows is not None and starts.shape[0] > max_windows:
+            g = torch.Generator().manual_seed(seed)
+            starts = starts[torch.randperm(starts.shape[0], generator=g)[:max_windows].to(starts.device)]
+        return self.gather(starts, horizon)
 
 
 class StreamRecorder:

@@ -5,7 +5,9 @@ termination logit. Weights are stacked (E, in, out) and applied with ``torch.bad
 cost one batched matrix product per layer, never a Python loop over members. Inputs and targets are
 normalized with statistics kept as buffers, so they are saved with the weights. The log-variance is
 soft-bounded by learned limits (PETS), which keeps the NLL from chasing zero variance on data it has
-memorized.
+memorized. With ``linear_skip`` each member also has a linear path from its input to the predicted
+mean, so the part of the dynamics that is linear in (state, action) (a last action that is the action
+just applied, a velocity integrated into a position) needs no fitting through three nonlinear layers.
 
 Shapes: S state dim, A action dim, O = S + 2 target dim, E members, B batch.
 """
@@ -24,6 +26,9 @@ from torch import nn
 
 from world_models.errors import WorldModelError
 
+STATE_MARGIN = 0.05  # share of each state dimension's training range allowed beyond it in imagination
+OPTIONAL_BUFFERS = ("state_lo", "state_hi")  # absent from files written before they existed
+
 
 @dataclass
 class Prediction:
@@ -36,6 +41,15 @@ class Prediction:
     cost_mean: torch.Tensor  # (E, B)
     cost_std: torch.Tensor  # (E, B)
     terminated_prob: torch.Tensor  # (E, B)
+
+
+@dataclass
+class Layers:
+    """The weights of some members in one dtype, as ``Ensemble.layers`` cuts them."""
+
+    pairs: list[tuple[torch.Tensor, torch.Tensor]]  # (M, in, out) weight, (M, 1, out) bias per layer
+    skip: torch.Tensor | None  # (M, S + A, O) linear path, when the ensemble has one
+    dtype: torch.dtype | None
 
 
 class Ensemble(nn.Module):
@@ -51,6 +65,7 @@ class Ensemble(nn.Module):
         hidden: Sequence[int] = (200, 200, 200),
         min_logvar: float = -10.0,
         max_logvar: float = 0.5,
+        linear_skip: bool = False,
     ) -> None:
         super().__init__()
         if state_dim < 1 or action_dim < 1:
@@ -71,6 +86,9 @@ class Ensemble(nn.Module):
                 nn.init.trunc_normal_(w[e], std=1.0 / (2.0 * math.sqrt(fan_in)))
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.zeros(members, 1, fan_out)))
+        self.linear_skip = bool(linear_skip)
+        # (E, in, O) input -> mean, zero at the start: the MLP's initial prediction is unchanged
+        self.skip = nn.Parameter(torch.zeros(members, in_dim, out_dim)) if self.linear_skip else None
         self.max_logvar = nn.Parameter(torch.full((out_dim,), float(max_logvar)))
         self.min_logvar = nn.Parameter(torch.full((out_dim,), float(min_logvar)))
         self.register_buffer("in_mean", torch.zeros(in_dim))
@@ -78,6 +96,10 @@ class Ensemble(nn.Module):
         self.register_buffer("out_mean", torch.zeros(out_dim))
         self.register_buffer("out_std", torch.ones(out_dim))
         self.register_buffer("elite_idx", torch.arange(elites))
+        # The range of the training states, widened by 5 % each side: imagination keeps its states
+        # inside it (``imagine``), where the model has seen data. Unbounded until fitted.
+        self.register_buffer("state_lo", torch.full((self.state_dim,), -math.inf))
+        self.register_buffer("state_hi", torch.full((self.state_dim,), math.inf))
 
     # -- configuration ---------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -90,6 +112,7 @@ class Ensemble(nn.Module):
             "hidden": list(self.hidden),
             "min_logvar": float(self.min_logvar.detach().min()),
             "max_logvar": float(self.max_logvar.detach().max()),
+            "linear_skip": self.linear_skip,
         }
 
     @torch.no_grad()
@@ -98,13 +121,19 @@ class Ensemble(nn.Module):
 
         An input that never varied in the training data (a contact flag never set) keeps std 1
         (MBPO), so a value first seen later enters at its own scale instead of amplified a
-        million times.
+        million times. The state bounds are the training states' range, widened by
+        ``STATE_MARGIN`` of it each side.
         """
         self.in_mean.copy_(inputs.mean(0))
         std = inputs.std(0)
         self.in_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
         self.out_mean.copy_(targets.mean(0))
         self.out_std.copy_(targets.std(0).clamp_min(1e-6))
+        states = inputs[:, : self.state_dim]
+        lo, hi = states.min(0).values, states.max(0).values
+        margin = STATE_MARGIN * (hi - lo)
+        self.state_lo.copy_(lo - margin)
+        self.state_hi.copy_(hi + margin)
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(
@@ -117,19 +146,36 @@ class Ensemble(nn.Module):
         member ``members[m]`` (a caller using a subset pays for that subset alone). ``dtype``
         (e.g. torch.bfloat16) runs the layers in that precision; the outputs are float32 either way.
         """
-        h = x if dtype is None else x.to(dtype)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if members is not None:
-                w, b = w[members], b[members]
-            if dtype is not None:
-                w, b = w.to(dtype), b.to(dtype)
+        return self.apply_layers(x, self.layers(members, dtype))
+
+    def layers(self, members: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> Layers:
+        """The weights of ``members`` (all when None) in ``dtype``: cut once, applied many times
+        (a rollout reuses one selection for all its steps instead of copying weights every step)."""
+
+        def cut(p: torch.Tensor) -> torch.Tensor:
+            p = p if members is None else p[members]
+            return p if dtype is None else p.to(dtype)
+
+        pairs = [(cut(w), cut(b)) for w, b in zip(self.weights, self.biases, strict=True)]
+        return Layers(pairs, None if self.skip is None else cut(self.skip), dtype)
+
+    def apply_layers(
+        self, x: torch.Tensor, layers: Layers
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` with weights cut by ``layers``: x is (M, B, S + A) for its M members."""
+        h = x if layers.dtype is None else x.to(layers.dtype)
+        inp, last = h, len(layers.pairs) - 1
+        inplace = not torch.is_grad_enabled()  # no autograd graph needs the pre-activation
+        for i, (w, b) in enumerate(layers.pairs):
             h = torch.baddbmm(b, h, w)
             if i < last:
-                h = F.silu(h)
-        h = h.float()
+                h = F.silu(h, inplace=inplace)
         o = self.out_dim
-        mean, raw = h[..., :o], h[..., o : 2 * o]
+        h = h.float()
+        mean = h[..., :o]
+        if layers.skip is not None:
+            mean = torch.bmm(inp, layers.skip).float() + mean
+        raw = h[..., o : 2 * o]
         logvar = self.max_logvar - F.softplus(self.max_logvar - raw)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean, logvar, h[..., 2 * o]
@@ -181,14 +227,64 @@ class Ensemble(nn.Module):
         Returns the scalar to minimize (members summed, so each gets its own full gradient) and the
         per-member parts (E,) for logging.
         """
-        mean, logvar, logit = self(x)
-        inv_var = torch.exp(-logvar)
-        nll = (((mean - y) ** 2) * inv_var + logvar).mean((1, 2))
-        bce = F.binary_cross_entropy_with_logits(logit, done.float(), reduction="none").mean(1)
-        bounds = 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
-        total = (nll + bce).sum() + bounds
-        return total, {
-            "nll": nll.detach(),
-            "bce": bce.detach(),
-            "mse": ((mean - y) ** 2).mean((1, 2)).detach(),
+        parts = self.terms(*self(x), y, done)
+        return (parts["nll"] + parts["bce"]).sum() + self.bound_penalty(), {
+            k: v.detach() for k, v in parts.items()
         }
+
+    def rollout_loss(
+        self,
+        state: torch.Tensor,
+        action: torch.Tensor,
+        next_state: torch.Tensor,
+        reward: torch.Tensor,
+        cost: torch.Tensor,
+        done: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The multi-step loss on raw (T, E, B, ...) windows: each member rolls its own mean
+        prediction T steps from the window's first state, and gradients run through the rollout, so
+        the mean learns what compounds over T steps, not only the one-step error.
+
+        Step 0 is the one-step loss (``loss``: Gaussian NLL, termination BCE). Steps 1 .. T-1 score
+        the predicted mean state against the true one by squared error alone, so the variance heads
+        keep meaning one step's noise (their calibration is not inflated by compounded error). The
+        parts are averaged over the T steps; ``mse`` is the state's mean squared error over the
+        window, in normalized units. T = 1 is exactly ``loss``.
+        """
+        s_dim, steps = self.state_dim, state.shape[0]
+        std = self.out_std[:s_dim]
+        s = state[0]
+        x = self.normalize_input(s, action[0])
+        mean, logvar, logit = self(x)
+        target = torch.cat([next_state[0] - s, reward[0][..., None], cost[0][..., None]], -1)
+        first = self.terms(mean, logvar, logit, self.normalize_target(target), done[0])
+        later = torch.zeros_like(first["nll"])
+        err = ((mean[..., :s_dim] - self.normalize_target(target)[..., :s_dim]) ** 2).mean((1, 2))
+        for t in range(1, steps):
+            s = s + mean[..., :s_dim] * std + self.out_mean[:s_dim]
+            mean, _, _ = self(self.normalize_input(s, action[t]))
+            step = (((s + mean[..., :s_dim] * std + self.out_mean[:s_dim] - next_state[t]) / std) ** 2).mean(
+                (1, 2)
+            )
+            later, err = later + step, err + step
+        total = first["nll"] + first["bce"] + later
+        parts = {
+            "nll": first["nll"],
+            "bce": first["bce"],
+            "mse": err / steps,
+            "rollout_mse": later / max(1, steps - 1),
+        }
+        return total.sum() / steps + self.bound_penalty(), {k: v.detach() for k, v in parts.items()}
+
+    @staticmethod
+    def terms(
+        mean: torch.Tensor, logvar: torch.Tensor, logit: torch.Tensor, y: torch.Tensor, done: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Per-member (E,) Gaussian NLL, termination BCE and squared error of one normalized step."""
+        nll = (((mean - y) ** 2) * torch.exp(-logvar) + logvar).mean((1, 2))
+        bce = F.binary_cross_entropy_with_logits(logit, done.float(), reduction="none").mean(1)
+        return {"nll": nll, "bce": bce, "mse": ((mean - y) ** 2).mean((1, 2))}
+
+    def bound_penalty(self) -> torch.Tensor:
+        """PETS's small pull of the learned log-variance bounds towards each other."""
+        return 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())

@@ -7,6 +7,11 @@ Out, every field is (H, N, K, ...).
 
 With ``sample_members=False`` every future follows the elites' mean prediction, and with
 ``noise=False`` no noise is drawn: both off, the K futures are identical (a deterministic rollout).
+
+Imagined states stay inside the fitted model's state bounds (the training states' range, widened by
+5 % each side; ``Ensemble.state_lo``/``state_hi``): a future that drifts out of the data is held at
+its edge instead of feeding the model inputs it has never seen, which is where open-loop errors
+compound fastest.
 """
 
 from __future__ import annotations
@@ -95,21 +100,11 @@ def _grouping(members: torch.Tensor) -> _Grouping:
     return _Grouping(used, order, slot_sorted, rank, int(counts.max()))
 
 
-def _grouped(model: Ensemble, x: torch.Tensor, g: _Grouping, dtype: torch.dtype | None = None):
-    """Each particle through its own member only: rows sorted into (U, C, in) blocks, one baddbmm
-    over the U members that have particles."""
-    block = x.new_zeros(len(g.used), g.width, x.shape[-1])
-    block[g.slot, g.rank] = x[g.order]
-    mean, logvar, logit = model(block, members=g.used, dtype=dtype)
-    out_mean = torch.empty(x.shape[0], mean.shape[-1], device=x.device, dtype=mean.dtype)
-    out_logvar = torch.empty_like(out_mean)
-    out_logit = torch.empty(x.shape[0], device=x.device, dtype=mean.dtype)
-    out_mean[g.order], out_logvar[g.order], out_logit[g.order] = (
-        mean[g.slot, g.rank],
-        logvar[g.slot, g.rank],
-        logit[g.slot, g.rank],
-    )
-    return out_mean, out_logvar, out_logit
+def _to_rows(x: torch.Tensor, row_of: torch.Tensor, rows: int) -> torch.Tensor:
+    """(B, ...) particles into ``rows`` block rows; padding rows copy particle 0."""
+    out = x[:1].expand(rows, *x.shape[1:]).clone()
+    out[row_of] = x
+    return out
 
 
 @torch.no_grad()
@@ -130,9 +125,12 @@ def imagine(
 
     ``actor_or_actions``: a function of the predicted state (N*K, S) -> (N*K, A) (a policy reading
     its observation out of the state, see ``state_actor``), or actions (H, N, A) shared by the K
-    futures, or (H, N, K, A) per future. ``spread=False`` skips the all-member pass that measures
-    epistemic spread, so each particle costs one member (what planners use). ``precision``
-    ("float32" or "bfloat16") is the one of the ensemble's layers; states accumulate in float32.
+    futures, or (H, N, K, A) per future. An actor with a true ``rowwise`` attribute promises that
+    each row's action depends on that row alone (``state_actor``'s do); the fast path then calls it
+    on its internal row layout (member blocks, with padding rows) instead of reordering every step.
+    ``spread=False`` skips the all-member pass that measures epistemic spread, so each particle
+    costs one member (what planners use). ``precision`` ("float32" or "bfloat16") is the one of the
+    ensemble's layers; states accumulate in float32.
     """
     ens = model.ensemble if isinstance(model, WorldModel) else model
     _check(ens, start, horizon, futures)
@@ -155,54 +153,87 @@ def imagine(
         raise WorldModelError("actor_or_actions must be a tensor of actions or a function state -> action")
     members = _assign(ens, n, k, sample_members, generator)
     flat_members = members.reshape(-1)
-    grouping = _grouping(flat_members) if sample_members and not spread else None
-    x = start.float().repeat_interleave(k, 0)
-    elites = ens.elite_idx
-    # Every step writes into preallocated (H, N*K, ...) outputs: no per-field stack at the end, and
-    # each step's next state is computed where it is kept.
     b, f32 = n * k, dict(device=dev, dtype=torch.float32)
-    states = torch.empty(horizon, b, s, **f32)
-    actions = torch.empty(horizon, b, ens.action_dim, **f32)
-    rewards, costs, terms = (torch.empty(horizon, b, **f32) for _ in range(3))
-    aleatoric = torch.empty(horizon, b, s, **f32)
+    x = start.float().repeat_interleave(k, 0)
+    fast = sample_members and not spread
+    if fast:
+        # The planner's fast path: particles live in one row block per member for the whole
+        # rollout, so each step is one baddbmm over the members in use with weights cut once, and
+        # rows go back to particle order once, at the end. Padding rows carry a real start state.
+        g = _grouping(flat_members)
+        layers = ens.layers(g.used, dtype)
+        rows = len(g.used) * g.width
+        row_of = torch.empty_like(g.order)
+        row_of[g.order] = g.slot * g.width + g.rank  # block row of each particle
+        x = _to_rows(x, row_of, rows)
+        if torch.is_tensor(actor_or_actions):
+            acts = _to_rows(acts.transpose(0, 1), row_of, rows).transpose(0, 1)
+    else:
+        rows, row_of = b, None
+    elites = ens.elite_idx
+    # Every step writes into preallocated (H, rows, ...) outputs: no per-field stack at the end, and
+    # each step's next state is computed where it is kept.
+    states = torch.empty(horizon, rows, s, **f32)
+    actions = torch.empty(horizon, rows, ens.action_dim, **f32)
+    rewards, costs, terms = (torch.empty(horizon, rows, **f32) for _ in range(3))
+    aleatoric = torch.empty(horizon, rows, s, **f32)
     measured = (spread or not sample_members) and len(elites) > 1
     epistemic = (
         torch.empty(horizon, b, s, **f32) if measured else torch.zeros((), **f32).expand(horizon, b, s)
     )
+    rowwise = bool(getattr(actor_or_actions, "rowwise", False))
+    bounded = bool(torch.isfinite(ens.state_lo).any() or torch.isfinite(ens.state_hi).any())
     for h in range(horizon):
-        a = acts[h] if torch.is_tensor(actor_or_actions) else actor_or_actions(x)
-        if a.shape != (n * k, ens.action_dim):
-            raise WorldModelError(
-                f"the actor returned actions of shape {tuple(a.shape)}, expected {(n * k, ens.action_dim)}"
-            )
+        if torch.is_tensor(actor_or_actions):
+            a = acts[h]
+        elif rowwise or row_of is None:  # rows as they are laid out inside
+            a = actor_or_actions(x)
+            if a.shape != (rows, ens.action_dim):
+                raise WorldModelError(
+                    f"the actor returned actions of shape {tuple(a.shape)}, expected {(rows, ens.action_dim)}"
+                )
+        else:  # an actor that may depend on the order sees the particles in theirs, (N*K, S)
+            a = actor_or_actions(x.index_select(0, row_of))
+            if a.shape != (b, ens.action_dim):
+                raise WorldModelError(
+                    f"the actor returned actions of shape {tuple(a.shape)}, expected {(b, ens.action_dim)}"
+                )
+            a = _to_rows(a, row_of, rows)
         a = torch.clamp(a.float(), -1.0, 1.0, out=actions[h])
         inp = ens.normalize_input(x, a)
-        if spread or not sample_members:
+        if fast:
+            mean, logvar, logit = ens.apply_layers(inp.view(len(g.used), g.width, -1), layers)
+            mean, logvar, logit = mean.reshape(rows, -1), logvar.reshape(rows, -1), logit.reshape(rows)
+        else:
             mean_e, logvar_e, logit_e = ens(inp.expand(ens.members, *inp.shape), dtype=dtype)
             mean_e, logvar_e, logit_e = mean_e[elites], logvar_e[elites], logit_e[elites]  # (El, B, ...)
             if sample_members:
                 slot = torch.searchsorted(elites, flat_members)  # position of each member among the elites
-                rows = torch.arange(n * k, device=dev)
-                mean, logvar, logit = mean_e[slot, rows], logvar_e[slot, rows], logit_e[slot, rows]
+                idx = torch.arange(n * k, device=dev)
+                mean, logvar, logit = mean_e[slot, idx], logvar_e[slot, idx], logit_e[slot, idx]
             else:
                 mean = mean_e.mean(0)
                 logvar = torch.log(torch.exp(logvar_e).mean(0))
                 logit = torch.logit(torch.sigmoid(logit_e).mean(0), eps=1e-6)
             if measured:
                 torch.std(mean_e[..., :s] * ens.out_std[:s], 0, correction=0, out=epistemic[h])
-        else:
-            mean, logvar, logit = _grouped(ens, inp, grouping, dtype)
-        mean = mean * ens.out_std + ens.out_mean
         std = torch.mul(torch.exp(0.5 * logvar[:, :s]), ens.out_std[:s], out=aleatoric[h])
-        delta = mean[:, :s]
+        delta = torch.addcmul(ens.out_mean[:s], mean[:, :s], ens.out_std[:s])
         if noise:
             eps = torch.randn(
                 delta.shape, generator=generator, device="cpu" if generator is not None else dev
             ).to(dev)
-            delta = delta + std * eps
+            delta.addcmul_(std, eps)
         x = torch.add(x, delta, out=states[h])
-        rewards[h], costs[h] = mean[:, s], mean[:, s + 1]
+        if bounded:
+            torch.clamp(x, ens.state_lo, ens.state_hi, out=x)
+        torch.addcmul(ens.out_mean[s], mean[:, s], ens.out_std[s], out=rewards[h])
+        torch.addcmul(ens.out_mean[s + 1], mean[:, s + 1], ens.out_std[s + 1], out=costs[h])
         torch.sigmoid(logit, out=terms[h])
+    if row_of is not None:  # back to particle order
+        states, actions, rewards, costs, terms, aleatoric = (
+            t.index_select(1, row_of) for t in (states, actions, rewards, costs, terms, aleatoric)
+        )
 
     def per_start(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(horizon, n, k, *t.shape[2:])
@@ -233,10 +264,19 @@ def state_actor(
     """An actor for ``imagine``: ``policy`` acting on the observation cut from the state by ``index``
     (``StateLayout.index_for(env.obs_layout(group))``)."""
 
+    index = index.long()
+    first = int(index[0]) if index.numel() else 0
+    contiguous = bool(index.numel()) and torch.equal(index.cpu(), torch.arange(first, first + index.numel()))
+
     def act(state: torch.Tensor) -> torch.Tensor:
-        obs: dict[str, Any] = {group: state.index_select(-1, index.to(state.device))}
+        if contiguous:  # the policy's columns are one run of the state: a view, no copy
+            view = state.narrow(-1, first, index.numel())
+        else:
+            view = state.index_select(-1, index.to(state.device))
+        obs: dict[str, Any] = {group: view}
         if extra:
             obs.update(extra)
         return policy.act_inference(obs) if deterministic else policy.act(obs)
 
+    act.rowwise = extra is None and deterministic  # type: ignore[attr-defined]
     return act

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from world_models.ensemble import Ensemble
+from world_models.ensemble import OPTIONAL_BUFFERS, Ensemble
 from world_models.errors import WorldModelError
 from world_models.layout import StateLayout
 
@@ -97,7 +97,10 @@ def load_world_model(
         raise WorldModelError(f"world model {path} was trained on task {payload['task']!r}, not {task!r}")
     try:
         ensemble = Ensemble(**payload["config"])
-        ensemble.load_state_dict(payload["state"])
+        state = dict(payload["state"])
+        for key in OPTIONAL_BUFFERS:  # an older file: unbounded imagination, as it was written
+            state.setdefault(key, ensemble.state_dict()[key])
+        ensemble.load_state_dict(state)
     except (TypeError, KeyError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or ["mismatch"])[0]
         raise WorldModelError(

@@ -5,6 +5,10 @@ in one batched forward and backward. After each epoch the validation error of ev
 measured on held-out episodes; a member's weights are kept from its best epoch, training stops when
 no member has improved by 1 % for ``patience`` epochs, and the ``elites`` lowest-error members are
 the ones used to predict.
+
+With ``rollout_steps`` T > 1 each minibatch is T-step windows of one episode, and the loss is the
+ensemble's multi-step loss (``Ensemble.rollout_loss``: each member rolls its own prediction, scored
+at every step); validation and the elites then use the T-step rollout error too.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def fit(
     weight_decay: float = 1e-5,
     patience: int = 5,
     max_updates_per_epoch: int = 400,
+    rollout_steps: int = 1,
     renormalize: bool = True,
     log: Callable[[int, dict[str, float]], None] | None = None,
     generator: torch.Generator | None = None,
@@ -50,6 +55,8 @@ def fit(
     """Train ``model`` in place on ``buffer``'s train split; returns what happened."""
     if epochs < 1 or batch_size < 1:
         raise WorldModelError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if not isinstance(rollout_steps, int) or rollout_steps < 1:
+        raise WorldModelError(f"rollout_steps must be an integer >= 1, got {rollout_steps!r}")
     state, action, target, done = buffer.flat("train")
     vs, va, vt, _ = buffer.flat("val")
     if vs.shape[0] == 0:  # no held-out episodes: validate on (a sample of) the training data
@@ -59,12 +66,26 @@ def fit(
     vs, va, vt = (x.to(dev) for x in (vs, va, vt))
     if renormalize:
         model.set_normalization(torch.cat([state, action], -1), target)
-    x_all, y_all = model.normalize_input(state, action), model.normalize_target(target)
-    vx, vy = model.normalize_input(vs, va), model.normalize_target(vt)
-    if vx.shape[0] > 20_000:
-        keep = torch.randperm(vx.shape[0], generator=generator)[:20_000].to(dev)
-        vx, vy = vx[keep], vy[keep]
-    e, n = model.members, x_all.shape[0]
+    e, steps = model.members, int(rollout_steps)
+    if steps == 1:  # flat normalized copies; the multi-step loss gathers its windows instead
+        x_all, y_all = model.normalize_input(state, action), model.normalize_target(target)
+        vx, vy = model.normalize_input(vs, va), model.normalize_target(vt)
+        if vx.shape[0] > 20_000:
+            keep = torch.randperm(vx.shape[0], generator=generator)[:20_000].to(dev)
+            vx, vy = vx[keep], vy[keep]
+        n = x_all.shape[0]
+    else:
+        del state, action, target, done, vs, va, vt
+        starts = buffer.window_starts(steps, "train")
+        has_val = bool(buffer.val_mask.any())
+        val_starts = buffer.window_starts(steps, "val" if has_val else "train")
+        keep = torch.randperm(val_starts.shape[0], generator=generator)[: max(1, 20_000 // steps)]
+        val_win = buffer.gather(val_starts[keep.to(val_starts.device)], steps)
+        val_win = [
+            f.to(dev)[:, None].expand(-1, e, *f.shape[1:])
+            for f in (val_win.state, val_win.action, val_win.next_state, val_win.reward, val_win.cost)
+        ] + [val_win.terminated.to(dev)[:, None].expand(-1, e, -1)]
+        n = starts.shape[0]
     params = [p for name, p in model.named_parameters() if not name.endswith("logvar")]
     bounds = [model.max_logvar, model.min_logvar]
     opt = torch.optim.AdamW(
@@ -82,16 +103,25 @@ def fit(
     model.train()
     for epoch in range(1, epochs + 1):
         for _ in range(per_epoch):
-            idx = torch.randint(n, (e, batch_size), generator=generator).to(dev)  # bootstrap per member
-            loss, parts = model.loss(x_all[idx], y_all[idx], done[idx])
+            idx = torch.randint(n, (e, batch_size), generator=generator)  # bootstrap per member
+            if steps > 1:
+                w = buffer.gather(starts[idx.to(starts.device)], steps)
+                fields = (w.state, w.action, w.next_state, w.reward, w.cost, w.terminated)
+                loss, parts = model.rollout_loss(*(f.to(dev) for f in fields))
+            else:
+                idx = idx.to(dev)
+                loss, parts = model.loss(x_all[idx], y_all[idx], done[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             updates += 1
         nll = float(parts["nll"].mean())
         with torch.no_grad():
-            mean, _, _ = model(vx.expand(e, *vx.shape))
-            val = ((mean - vy) ** 2).mean((1, 2))
+            if steps > 1:
+                val = model.rollout_loss(*val_win)[1]["mse"]
+            else:
+                mean, _, _ = model(vx.expand(e, *vx.shape))
+                val = ((mean - vy) ** 2).mean((1, 2))
         improved = val < best * 0.99
         for p, s in zip(stacked, snapshot, strict=True):
             s[improved] = p.detach()[improved]

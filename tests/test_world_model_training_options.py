@@ -130,3 +130,8 @@ def test_imagined_states_stay_inside_the_fitted_state_bounds(tmp_path) -> None:
     assert bool(
         (imagine(old, state[:4], torch.zeros(30, 4, A), 30, 3, noise=False).state > model.state_hi).any()
     )
+
+
+def test_a_non_boolean_linear_skip_is_refused() -> None:
+    with pytest.raises(WorldModelError, match="linear_skip must be true or false"):
+        Ensemble(S, A, linear_skip="yes")

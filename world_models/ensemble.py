@@ -70,6 +70,8 @@ class Ensemble(nn.Module):
         super().__init__()
         if state_dim < 1 or action_dim < 1:
             raise WorldModelError(f"state and action sizes must be >= 1, got {state_dim} and {action_dim}")
+        if not isinstance(linear_skip, bool):
+            raise WorldModelError(f"linear_skip must be true or false, got {linear_skip!r}")
         if members < 1 or not 1 <= elites <= members:
             raise WorldModelError(f"need members >= 1 and 1 <= elites <= members, got {members} and {elites}")
         self.state_dim, self.action_dim = int(state_dim), int(action_dim)
@@ -252,20 +254,17 @@ class Ensemble(nn.Module):
         window, in normalized units. T = 1 is exactly ``loss``.
         """
         s_dim, steps = self.state_dim, state.shape[0]
-        std = self.out_std[:s_dim]
-        s = state[0]
-        x = self.normalize_input(s, action[0])
-        mean, logvar, logit = self(x)
-        target = torch.cat([next_state[0] - s, reward[0][..., None], cost[0][..., None]], -1)
+        std, shift = self.out_std[:s_dim], self.out_mean[:s_dim]
+        mean, logvar, logit = self(self.normalize_input(state[0], action[0]))
+        target = torch.cat([next_state[0] - state[0], reward[0][..., None], cost[0][..., None]], -1)
         first = self.terms(mean, logvar, logit, self.normalize_target(target), done[0])
-        later = torch.zeros_like(first["nll"])
-        err = ((mean[..., :s_dim] - self.normalize_target(target)[..., :s_dim]) ** 2).mean((1, 2))
+        pred = state[0] + mean[..., :s_dim] * std + shift  # the member's predicted state after step 0
+        err = (((pred - next_state[0]) / std) ** 2).mean((1, 2))
+        later = torch.zeros_like(err)
         for t in range(1, steps):
-            s = s + mean[..., :s_dim] * std + self.out_mean[:s_dim]
-            mean, _, _ = self(self.normalize_input(s, action[t]))
-            step = (((s + mean[..., :s_dim] * std + self.out_mean[:s_dim] - next_state[t]) / std) ** 2).mean(
-                (1, 2)
-            )
+            mean = self(self.normalize_input(pred, action[t]))[0]
+            pred = pred + mean[..., :s_dim] * std + shift
+            step = (((pred - next_state[t]) / std) ** 2).mean((1, 2))
             later, err = later + step, err + step
         total = first["nll"] + first["bce"] + later
         parts = {

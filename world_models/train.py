@@ -7,8 +7,9 @@ no member has improved by 1 % for ``patience`` epochs, and the ``elites`` lowest
 the ones used to predict.
 
 With ``rollout_steps`` T > 1 each minibatch is T-step windows of one episode, and the loss is the
-ensemble's multi-step loss (``Ensemble.rollout_loss``: each member rolls its own prediction, scored
-at every step); validation and the elites then use the T-step rollout error too.
+ensemble's multi-step loss (``Ensemble.rollout_loss``: each member rolls its own prediction; the
+first step takes the one-step NLL, later steps the squared error of the mean state); validation and
+the elites then use the T-step rollout error too.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ compound fastest.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +24,9 @@ import torch
 
 from world_models.ensemble import Ensemble
 from world_models.errors import WorldModelError
+from world_models.fast_path import Actor, act_checked, draw_noise, rollout_blocks
 from world_models.model import WorldModel
 
-Actor = Callable[[torch.Tensor], torch.Tensor]  # model state (B, S) -> action (B, A)
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # of the ensemble's layers
 
 
@@ -79,32 +79,62 @@ def _assign(model: Ensemble, n: int, k: int, sample: bool, generator: torch.Gene
     return elites[turn]
 
 
-@dataclass
-class _Grouping:
-    """Particles sorted into one row block per member that has any: fixed for a whole rollout."""
-
-    used: torch.Tensor  # (U,) the members with particles
-    order: torch.Tensor  # (B,) particle indices sorted by member
-    slot: torch.Tensor  # (B,) block of each sorted particle
-    rank: torch.Tensor  # (B,) its row inside that block
-    width: int  # rows per block
-
-
-def _grouping(members: torch.Tensor) -> _Grouping:
-    used, slot = torch.unique(members, return_inverse=True)
-    order = torch.argsort(slot, stable=True)
-    slot_sorted = slot[order]
-    counts = torch.bincount(slot, minlength=len(used))
-    first = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(members.shape[0], device=members.device) - first[slot_sorted]
-    return _Grouping(used, order, slot_sorted, rank, int(counts.max()))
-
-
-def _to_rows(x: torch.Tensor, row_of: torch.Tensor, rows: int) -> torch.Tensor:
-    """(B, ...) particles into ``rows`` block rows; padding rows copy particle 0."""
-    out = x[:1].expand(rows, *x.shape[1:]).clone()
-    out[row_of] = x
-    return out
+def _rollout_all(
+    ens: Ensemble,
+    start: torch.Tensor,
+    actor: Actor | torch.Tensor,
+    acts: torch.Tensor | None,
+    members: torch.Tensor,
+    horizon: int,
+    k: int,
+    noise: bool,
+    generator: torch.Generator | None,
+    dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, ...]:
+    """Every member predicts every particle each step: the epistemic spread is measured, and with
+    ``members`` -1 (no sampling) each particle follows the elites' mean. Fields are (H, N*K, ...)."""
+    n, s, dev = start.shape[0], ens.state_dim, start.device
+    b, f32 = n * k, dict(device=dev, dtype=torch.float32)
+    x = start.float().repeat_interleave(k, 0)
+    flat_members, elites = members.reshape(-1), ens.elite_idx
+    sample_members = bool((flat_members >= 0).all())
+    # Every step writes into preallocated (H, N*K, ...) outputs: no per-field stack at the end.
+    states = torch.empty(horizon, b, s, **f32)
+    actions = torch.empty(horizon, b, ens.action_dim, **f32)
+    rewards, costs, terms = (torch.empty(horizon, b, **f32) for _ in range(3))
+    aleatoric = torch.empty(horizon, b, s, **f32)
+    measured = len(elites) > 1
+    epistemic = (
+        torch.empty(horizon, b, s, **f32) if measured else torch.zeros((), **f32).expand(horizon, b, s)
+    )
+    bounded = bool(torch.isfinite(ens.state_lo).any() or torch.isfinite(ens.state_hi).any())
+    slot = torch.searchsorted(elites, flat_members) if sample_members else None  # place among the elites
+    idx = torch.arange(b, device=dev)
+    for h in range(horizon):
+        a = acts[h] if acts is not None else act_checked(actor, x, b, ens.action_dim)
+        a = torch.clamp(a.float(), -1.0, 1.0, out=actions[h])
+        inp = ens.normalize_input(x, a)
+        mean_e, logvar_e, logit_e = ens(inp.expand(ens.members, *inp.shape), dtype=dtype)
+        mean_e, logvar_e, logit_e = mean_e[elites], logvar_e[elites], logit_e[elites]  # (El, B, ...)
+        if slot is not None:
+            mean, logvar, logit = mean_e[slot, idx], logvar_e[slot, idx], logit_e[slot, idx]
+        else:
+            mean = mean_e.mean(0)
+            logvar = torch.log(torch.exp(logvar_e).mean(0))
+            logit = torch.logit(torch.sigmoid(logit_e).mean(0), eps=1e-6)
+        if measured:
+            torch.std(mean_e[..., :s] * ens.out_std[:s], 0, correction=0, out=epistemic[h])
+        std = torch.mul(torch.exp(0.5 * logvar[:, :s]), ens.out_std[:s], out=aleatoric[h])
+        delta = torch.addcmul(ens.out_mean[:s], mean[:, :s], ens.out_std[:s])
+        if noise:
+            delta.addcmul_(std, draw_noise(torch.empty_like(delta), generator))
+        x = torch.add(x, delta, out=states[h])
+        if bounded:
+            torch.clamp(x, ens.state_lo, ens.state_hi, out=x)
+        torch.addcmul(ens.out_mean[s], mean[:, s], ens.out_std[s], out=rewards[h])
+        torch.addcmul(ens.out_mean[s + 1], mean[:, s + 1], ens.out_std[s + 1], out=costs[h])
+        torch.sigmoid(logit, out=terms[h])
+    return states, actions, rewards, costs, terms, epistemic, aleatoric
 
 
 @torch.no_grad()
@@ -137,7 +167,7 @@ def imagine(
     if precision not in PRECISIONS:
         raise WorldModelError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     dtype = PRECISIONS[precision]
-    n, k, s = start.shape[0], futures, ens.state_dim
+    n, k = start.shape[0], futures
     dev = start.device
     if torch.is_tensor(actor_or_actions):
         acts = actor_or_actions.to(dev, torch.float32)
@@ -151,89 +181,13 @@ def imagine(
         acts = acts.reshape(horizon, n * k, -1)
     elif not callable(actor_or_actions):
         raise WorldModelError("actor_or_actions must be a tensor of actions or a function state -> action")
-    members = _assign(ens, n, k, sample_members, generator)
-    flat_members = members.reshape(-1)
-    b, f32 = n * k, dict(device=dev, dtype=torch.float32)
-    x = start.float().repeat_interleave(k, 0)
-    fast = sample_members and not spread
-    if fast:
-        # The planner's fast path: particles live in one row block per member for the whole
-        # rollout, so each step is one baddbmm over the members in use with weights cut once, and
-        # rows go back to particle order once, at the end. Padding rows carry a real start state.
-        g = _grouping(flat_members)
-        layers = ens.layers(g.used, dtype)
-        rows = len(g.used) * g.width
-        row_of = torch.empty_like(g.order)
-        row_of[g.order] = g.slot * g.width + g.rank  # block row of each particle
-        x = _to_rows(x, row_of, rows)
-        if torch.is_tensor(actor_or_actions):
-            acts = _to_rows(acts.transpose(0, 1), row_of, rows).transpose(0, 1)
     else:
-        rows, row_of = b, None
-    elites = ens.elite_idx
-    # Every step writes into preallocated (H, rows, ...) outputs: no per-field stack at the end, and
-    # each step's next state is computed where it is kept.
-    states = torch.empty(horizon, rows, s, **f32)
-    actions = torch.empty(horizon, rows, ens.action_dim, **f32)
-    rewards, costs, terms = (torch.empty(horizon, rows, **f32) for _ in range(3))
-    aleatoric = torch.empty(horizon, rows, s, **f32)
-    measured = (spread or not sample_members) and len(elites) > 1
-    epistemic = (
-        torch.empty(horizon, b, s, **f32) if measured else torch.zeros((), **f32).expand(horizon, b, s)
+        acts = None
+    members = _assign(ens, n, k, sample_members, generator)
+    run = rollout_blocks if sample_members and not spread else _rollout_all
+    states, actions, rewards, costs, terms, epistemic, aleatoric = run(
+        ens, start, actor_or_actions, acts, members, horizon, k, noise, generator, dtype
     )
-    rowwise = bool(getattr(actor_or_actions, "rowwise", False))
-    bounded = bool(torch.isfinite(ens.state_lo).any() or torch.isfinite(ens.state_hi).any())
-    for h in range(horizon):
-        if torch.is_tensor(actor_or_actions):
-            a = acts[h]
-        elif rowwise or row_of is None:  # rows as they are laid out inside
-            a = actor_or_actions(x)
-            if a.shape != (rows, ens.action_dim):
-                raise WorldModelError(
-                    f"the actor returned actions of shape {tuple(a.shape)}, expected {(rows, ens.action_dim)}"
-                )
-        else:  # an actor that may depend on the order sees the particles in theirs, (N*K, S)
-            a = actor_or_actions(x.index_select(0, row_of))
-            if a.shape != (b, ens.action_dim):
-                raise WorldModelError(
-                    f"the actor returned actions of shape {tuple(a.shape)}, expected {(b, ens.action_dim)}"
-                )
-            a = _to_rows(a, row_of, rows)
-        a = torch.clamp(a.float(), -1.0, 1.0, out=actions[h])
-        inp = ens.normalize_input(x, a)
-        if fast:
-            mean, logvar, logit = ens.apply_layers(inp.view(len(g.used), g.width, -1), layers)
-            mean, logvar, logit = mean.reshape(rows, -1), logvar.reshape(rows, -1), logit.reshape(rows)
-        else:
-            mean_e, logvar_e, logit_e = ens(inp.expand(ens.members, *inp.shape), dtype=dtype)
-            mean_e, logvar_e, logit_e = mean_e[elites], logvar_e[elites], logit_e[elites]  # (El, B, ...)
-            if sample_members:
-                slot = torch.searchsorted(elites, flat_members)  # position of each member among the elites
-                idx = torch.arange(n * k, device=dev)
-                mean, logvar, logit = mean_e[slot, idx], logvar_e[slot, idx], logit_e[slot, idx]
-            else:
-                mean = mean_e.mean(0)
-                logvar = torch.log(torch.exp(logvar_e).mean(0))
-                logit = torch.logit(torch.sigmoid(logit_e).mean(0), eps=1e-6)
-            if measured:
-                torch.std(mean_e[..., :s] * ens.out_std[:s], 0, correction=0, out=epistemic[h])
-        std = torch.mul(torch.exp(0.5 * logvar[:, :s]), ens.out_std[:s], out=aleatoric[h])
-        delta = torch.addcmul(ens.out_mean[:s], mean[:, :s], ens.out_std[:s])
-        if noise:
-            eps = torch.randn(
-                delta.shape, generator=generator, device="cpu" if generator is not None else dev
-            ).to(dev)
-            delta.addcmul_(std, eps)
-        x = torch.add(x, delta, out=states[h])
-        if bounded:
-            torch.clamp(x, ens.state_lo, ens.state_hi, out=x)
-        torch.addcmul(ens.out_mean[s], mean[:, s], ens.out_std[s], out=rewards[h])
-        torch.addcmul(ens.out_mean[s + 1], mean[:, s + 1], ens.out_std[s + 1], out=costs[h])
-        torch.sigmoid(logit, out=terms[h])
-    if row_of is not None:  # back to particle order
-        states, actions, rewards, costs, terms, aleatoric = (
-            t.index_select(1, row_of) for t in (states, actions, rewards, costs, terms, aleatoric)
-        )
 
     def per_start(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(horizon, n, k, *t.shape[2:])

@@ -70,6 +70,12 @@ def test_model_groups_that_lack_the_policy_terms_are_refused(capsys) -> None:
     assert err.startswith("error: dyna_ppo: observation term") and "\n" not in err
 
 
+def test_an_unknown_imagination_precision_is_refused(capsys) -> None:
+    assert main(["train", *TINY, "algo.precision=fp8", "train.max_iterations=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "dyna_ppo precision must be one of ['bfloat16', 'float32']" in err and "\n" not in err
+
+
 def test_imagined_steps_after_a_predicted_termination_carry_no_advantage() -> None:
     cfg = compose([*TINY, "algo.imagined_ratio=0.5"])
     env = build_env(cfg)

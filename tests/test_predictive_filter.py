@@ -111,6 +111,16 @@ def test_a_model_of_another_observation_layout_is_a_one_line_error(tmp_path):
         PredictiveFilter(LAYOUT, 1, model=str(tmp_path / "model.pt"), horizon=0)
     with pytest.raises(FilterError, match="predicts 1 actions, this env has 2"):
         PredictiveFilter(LAYOUT, 2, model=str(tmp_path / "model.pt"))
+    with pytest.raises(FilterError, match=r"predictive\.precision must be one of \['bfloat16', 'float32'\]"):
+        PredictiveFilter(LAYOUT, 1, model=str(tmp_path / "model.pt"), precision="fp8")
+
+
+def test_bfloat16_imagination_gives_the_same_decisions_on_the_toy(tmp_path):
+    f = make(tmp_path, precision="bfloat16")
+    f.bind_policy(Constant(-1.0))
+    safe, hit, _ = f(torch.tensor([[0.8], [-1.0]]), torch.tensor([[1.0], [1.0]]))
+    assert hit.tolist() == [True, False] and safe[1].item() == 1.0
+    assert 0.8 + 0.5 * safe[0].item() <= 1.0 + 1.0 / SHARP
 
 
 def test_predictive_filter_is_registered_and_refused_by_export(tmp_path):

@@ -32,7 +32,7 @@ from torch import nn
 from policies.safety import register_filter
 from policies.safety.base import FilterError, Layout, SafetyFilter
 from world_models.errors import WorldModelError
-from world_models.imagine import imagine, state_actor
+from world_models.imagine import PRECISIONS, imagine, state_actor
 from world_models.layout import StateLayout
 from world_models.model import load_world_model
 
@@ -83,7 +83,8 @@ class PredictiveFilter(SafetyFilter):
     the policy group), ``horizon`` (H steps imagined), ``futures`` (K per action), ``candidates`` (M,
     the proposal included), ``noise`` (std of the candidate offsets), ``threshold`` (largest risk that
     passes), ``cost_threshold`` (a predicted per-step cost above it is a cost event), ``seed`` (of the
-    offsets and the imagination noise). info: ``infeasible`` (B,) bool, ``risk`` (B,) of the proposal,
+    offsets and the imagination noise), ``precision`` (of the ensemble's layers: float32 or
+    bfloat16). info: ``infeasible`` (B,) bool, ``risk`` (B,) of the proposal,
     ``risk_safe`` (B,) of the returned action.
     """
 
@@ -101,6 +102,7 @@ class PredictiveFilter(SafetyFilter):
         threshold: float = 0.2,
         cost_threshold: float = 0.5,
         seed: int = 0,
+        precision: str = "float32",
     ) -> None:
         super().__init__("predictive")
         if model is None or str(model) == "":
@@ -112,6 +114,9 @@ class PredictiveFilter(SafetyFilter):
         self.threshold = float(_number("threshold", threshold, 0.0))
         self.cost_threshold = float(_number("cost_threshold", cost_threshold, -math.inf))
         seed = int(_number("seed", seed, -math.inf, integer=True))
+        if precision not in PRECISIONS:
+            raise FilterError(f"predictive.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.precision = str(precision)
         try:
             wm = load_world_model(str(model), "cpu")
         except WorldModelError as e:
@@ -157,7 +162,9 @@ class PredictiveFilter(SafetyFilter):
             plan: Any = actor
         else:
             plan = first[None].expand(h, -1, -1)
-        fut = imagine(self.ensemble, start, plan, h, k, spread=False, generator=self.generator)
+        fut = imagine(
+            self.ensemble, start, plan, h, k, spread=False, generator=self.generator, precision=self.precision
+        )
         hazard = torch.where(fut.cost > self.cost_threshold, 1.0, fut.terminated)  # (H, B*M, K)
         p_event = 1.0 - torch.prod(1.0 - hazard, 0)  # (B*M, K)
         return p_event.mean(-1).reshape(b, m)

@@ -31,6 +31,7 @@ from embodied.errors import ConfigError
 from embodied.rollout import MiniBatch, RolloutStorage, compute_gae
 from policies.spec import TensorSpec
 from world_models import Ensemble, StateLayout, TransitionBuffer, Transitions, WorldModelError, imagine
+from world_models.imagine import PRECISIONS
 from world_models.train import fit
 
 
@@ -51,6 +52,7 @@ class DynaConfig:
     model_batch_size: int = 256
     model_lr: float = 1.0e-3
     val_fraction: float = 0.1
+    precision: str = "float32"  # of the ensemble's layers in the imagined branches (or bfloat16)
 
     def __post_init__(self) -> None:
         ints = (
@@ -77,6 +79,10 @@ class DynaConfig:
             raise ValueError(f"dyna_ppo val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not self.model_groups:
             raise ValueError("dyna_ppo model_groups must name at least one observation group")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"dyna_ppo precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}"
+            )
 
 
 class DynaPPO(PPO):
@@ -212,6 +218,7 @@ class DynaPPO(PPO):
             futures=1,
             spread=False,
             generator=self._generator,
+            precision=self.dyna.precision,
         )
         reward = futures.reward[:, :, 0]
         ended = futures.terminated[:, :, 0] > 0.5

@@ -40,6 +40,7 @@ FIT_KEYS = (
     "patience",
     "max_updates_per_epoch",
     "rollout_steps",
+    "input_noise",
 )
 NET_KEYS = ("members", "elites", "hidden", "min_logvar", "max_logvar", "linear_skip")
 

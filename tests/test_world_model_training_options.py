@@ -1,4 +1,4 @@
-"""The ensemble's linear skip path and the multi-step (rollout) loss."""
+"""The ensemble's linear skip path, the multi-step (rollout) loss and training-input noise."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from world_models import (
     Ensemble,
     StateLayout,
     TransitionBuffer,
+    Transitions,
     WorldModel,
     WorldModelError,
     imagine,
@@ -135,3 +136,64 @@ def test_imagined_states_stay_inside_the_fitted_state_bounds(tmp_path) -> None:
 def test_a_non_boolean_linear_skip_is_refused() -> None:
     with pytest.raises(WorldModelError, match="linear_skip must be true or false"):
         Ensemble(S, A, linear_skip="yes")
+
+
+def on_a_line(t: int = 100, n: int = 16, seed: int = 0) -> Transitions:
+    """x1' = x1 + 0.1 u and x2' = x1': the data never leaves the line x2 = x1."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, generator=g).expand(n, 2).clone()
+    states, actions, nexts = [], [], []
+    for _ in range(t):
+        a = torch.rand(n, 1, generator=g) * 2 - 1
+        y = (x[:, :1] + 0.1 * a).expand(n, 2).clone()
+        states.append(x)
+        actions.append(a)
+        nexts.append(y)
+        x = y
+    truncated = torch.zeros(t, n, dtype=torch.bool)
+    truncated[49::50] = True
+    st, nx = torch.stack(states), torch.stack(nexts)
+    return Transitions(
+        st, torch.stack(actions), nx, torch.zeros(t, n), torch.zeros(t, n), truncated & False, truncated
+    )
+
+
+def pulled_back(noise: float, steps: int) -> float:
+    """How far a state two one-step changes off the line stays off it after one predicted step (1: all)."""
+    torch.manual_seed(0)
+    buf = TransitionBuffer(on_a_line(), val_fraction=0.2, seed=0)
+    model = Ensemble(2, 1, members=3, elites=2, hidden=(16, 16))
+    gen = torch.Generator().manual_seed(0)
+    fit(
+        model,
+        buf,
+        epochs=80,
+        batch_size=32,
+        lr=1e-2,
+        patience=80,
+        rollout_steps=steps,
+        input_noise=noise,
+        generator=gen,
+    )
+    off = 2.0 * float(model.out_std[1])
+    state = torch.tensor([[0.0, off], [0.0, -off]])
+    with torch.no_grad():
+        nxt = state + model.predict(state, torch.zeros(2, 1)).delta_mean[model.elite_idx].mean(0)
+    return float(nxt[:, 1].abs().max()) / off
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_input_noise_teaches_the_model_to_pull_an_off_line_state_back(steps) -> None:
+    # With both coordinates noisy, the best guess of x1 is their mean: half the offset remains.
+    assert pulled_back(2.0, steps) < 0.7
+
+
+def test_without_input_noise_an_off_line_state_stays_off() -> None:
+    assert pulled_back(0.0, 1) > 0.9
+
+
+def test_bad_input_noise_is_refused() -> None:
+    buf = TransitionBuffer(on_a_line(t=60, n=4), val_fraction=0.0)
+    for bad in (-1.0, True, float("nan"), "0.1"):
+        with pytest.raises(WorldModelError, match="input_noise must be a number >= 0"):
+            fit(Ensemble(2, 1, members=2, elites=1, hidden=(8,)), buf, epochs=1, input_noise=bad)

@@ -10,6 +10,13 @@ With ``rollout_steps`` T > 1 each minibatch is T-step windows of one episode, an
 ensemble's multi-step loss (``Ensemble.rollout_loss``: each member rolls its own prediction; the
 first step takes the one-step NLL, later steps the squared error of the mean state); validation and
 the elites then use the T-step rollout error too.
+
+With ``input_noise`` sigma > 0 each training input state is perturbed by Gaussian noise of sigma
+times each dimension's one-step change std, and the target is the true next state from there (so
+the model learns to pull a perturbed state back, not to carry the perturbation on). This is the
+training noise of learned simulators (Sanchez-Gonzalez et al., 2020): a model fitted on clean
+states alone meets its own errors for the first time in a rollout, and can amplify them there.
+Validation stays on clean states.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ def fit(
     patience: int = 5,
     max_updates_per_epoch: int = 400,
     rollout_steps: int = 1,
+    input_noise: float = 0.0,
     renormalize: bool = True,
     log: Callable[[int, dict[str, float]], None] | None = None,
     generator: torch.Generator | None = None,
@@ -58,6 +66,8 @@ def fit(
         raise WorldModelError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     if not isinstance(rollout_steps, int) or rollout_steps < 1:
         raise WorldModelError(f"rollout_steps must be an integer >= 1, got {rollout_steps!r}")
+    if isinstance(input_noise, bool) or not isinstance(input_noise, int | float) or not input_noise >= 0:
+        raise WorldModelError(f"input_noise must be a number >= 0, got {input_noise!r}")
     state, action, target, done = buffer.flat("train")
     vs, va, vt, _ = buffer.flat("val")
     if vs.shape[0] == 0:  # no held-out episodes: validate on (a sample of) the training data
@@ -68,6 +78,8 @@ def fit(
     if renormalize:
         model.set_normalization(torch.cat([state, action], -1), target)
     e, steps = model.members, int(rollout_steps)
+    s_dim = model.state_dim
+    sigma = float(input_noise) * model.out_std[:s_dim]  # (S,) raw units: each dimension's one-step change
     if steps == 1:  # flat normalized copies; the multi-step loss gathers its windows instead
         x_all, y_all = model.normalize_input(state, action), model.normalize_target(target)
         vx, vy = model.normalize_input(vs, va), model.normalize_target(vt)
@@ -107,11 +119,23 @@ def fit(
             idx = torch.randint(n, (e, batch_size), generator=generator)  # bootstrap per member
             if steps > 1:
                 w = buffer.gather(starts[idx.to(starts.device)], steps)
-                fields = (w.state, w.action, w.next_state, w.reward, w.cost, w.terminated)
-                loss, parts = model.rollout_loss(*(f.to(dev) for f in fields))
+                fields = [
+                    f.to(dev) for f in (w.state, w.action, w.next_state, w.reward, w.cost, w.terminated)
+                ]
+                if input_noise > 0:  # only the window's first state: the rollout goes on from there
+                    first = fields[0][0] + sigma * torch.randn(fields[0][0].shape, generator=generator).to(
+                        dev
+                    )
+                    fields[0] = torch.cat([first[None], fields[0][1:]])
+                loss, parts = model.rollout_loss(*fields)
             else:
                 idx = idx.to(dev)
-                loss, parts = model.loss(x_all[idx], y_all[idx], done[idx])
+                x, y = x_all[idx], y_all[idx]
+                if input_noise > 0:  # normalized units: the input moves by noise, the target back by it
+                    noise = sigma * torch.randn((e, batch_size, s_dim), generator=generator).to(dev)
+                    x = torch.cat([x[..., :s_dim] + noise / model.in_std[:s_dim], x[..., s_dim:]], -1)
+                    y = torch.cat([y[..., :s_dim] - noise / model.out_std[:s_dim], y[..., s_dim:]], -1)
+                loss, parts = model.loss(x, y, done[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

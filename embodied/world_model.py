@@ -41,6 +41,7 @@ FIT_KEYS = (
     "max_updates_per_epoch",
     "rollout_steps",
     "input_noise",
+    "noise_share",
 )
 NET_KEYS = ("members", "elites", "hidden", "min_logvar", "max_logvar", "linear_skip")
 

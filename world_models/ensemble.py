@@ -242,6 +242,7 @@ class Ensemble(nn.Module):
         reward: torch.Tensor,
         cost: torch.Tensor,
         done: torch.Tensor,
+        start_noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The multi-step loss on raw (T, E, B, ...) windows: each member rolls its own mean
         prediction T steps from the window's first state, and gradients run through the rollout, so
@@ -252,15 +253,25 @@ class Ensemble(nn.Module):
         keep meaning one step's noise (their calibration is not inflated by compounded error). The
         parts are averaged over the T steps; ``mse`` is the state's mean squared error over the
         window, in normalized units. T = 1 is exactly ``loss``.
+
+        ``start_noise`` (E, B, S), raw units, moves the start of the rollout (not of the one-step
+        NLL, which stays on the clean state so the variance heads keep meaning one step's noise):
+        the mean is then also scored at step 0, so every step teaches the model to come back from
+        where the perturbation put it.
         """
         s_dim, steps = self.state_dim, state.shape[0]
         std, shift = self.out_std[:s_dim], self.out_mean[:s_dim]
         mean, logvar, logit = self(self.normalize_input(state[0], action[0]))
         target = torch.cat([next_state[0] - state[0], reward[0][..., None], cost[0][..., None]], -1)
         first = self.terms(mean, logvar, logit, self.normalize_target(target), done[0])
-        pred = state[0] + mean[..., :s_dim] * std + shift  # the member's predicted state after step 0
+        if start_noise is not None:
+            start = state[0] + start_noise
+            mean = self(self.normalize_input(start, action[0]))[0]
+        else:
+            start = state[0]
+        pred = start + mean[..., :s_dim] * std + shift  # the member's predicted state after step 0
         err = (((pred - next_state[0]) / std) ** 2).mean((1, 2))
-        later = torch.zeros_like(err)
+        later = err if start_noise is not None else torch.zeros_like(err)
         for t in range(1, steps):
             mean = self(self.normalize_input(pred, action[t]))[0]
             pred = pred + mean[..., :s_dim] * std + shift

@@ -11,12 +11,14 @@ ensemble's multi-step loss (``Ensemble.rollout_loss``: each member rolls its own
 first step takes the one-step NLL, later steps the squared error of the mean state); validation and
 the elites then use the T-step rollout error too.
 
-With ``input_noise`` sigma > 0 each training input state is perturbed by Gaussian noise of sigma
-times each dimension's one-step change std, and the target is the true next state from there (so
-the model learns to pull a perturbed state back, not to carry the perturbation on). This is the
-training noise of learned simulators (Sanchez-Gonzalez et al., 2020): a model fitted on clean
-states alone meets its own errors for the first time in a rollout, and can amplify them there.
-Validation stays on clean states.
+With ``input_noise`` sigma > 0 the start of each window's rollout is perturbed by Gaussian noise of
+sigma times each dimension's one-step change std, and the targets stay the true next states (so the
+mean learns to pull a perturbed state back, not to carry the perturbation on). This is the training
+noise of learned simulators (Sanchez-Gonzalez et al., 2020): a model fitted on clean states alone
+meets its own errors for the first time in a rollout, and can amplify them there. The one-step NLL
+stays on the clean state, so the predicted variance is not widened by the noise, and validation
+stays clean. ``noise_share`` is the share of windows perturbed; the others roll out from their clean
+start, which keeps the short-horizon accuracy that perturbing every window costs.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def fit(
     max_updates_per_epoch: int = 400,
     rollout_steps: int = 1,
     input_noise: float = 0.0,
+    noise_share: float = 1.0,
     renormalize: bool = True,
     log: Callable[[int, dict[str, float]], None] | None = None,
     generator: torch.Generator | None = None,
@@ -68,6 +71,8 @@ def fit(
         raise WorldModelError(f"rollout_steps must be an integer >= 1, got {rollout_steps!r}")
     if isinstance(input_noise, bool) or not isinstance(input_noise, int | float) or not input_noise >= 0:
         raise WorldModelError(f"input_noise must be a number >= 0, got {input_noise!r}")
+    if isinstance(noise_share, bool) or not isinstance(noise_share, int | float) or not 0 <= noise_share <= 1:
+        raise WorldModelError(f"noise_share must be a number in [0, 1], got {noise_share!r}")
     state, action, target, done = buffer.flat("train")
     vs, va, vt, _ = buffer.flat("val")
     if vs.shape[0] == 0:  # no held-out episodes: validate on (a sample of) the training data
@@ -80,7 +85,8 @@ def fit(
     e, steps = model.members, int(rollout_steps)
     s_dim = model.state_dim
     sigma = float(input_noise) * model.out_std[:s_dim]  # (S,) raw units: each dimension's one-step change
-    if steps == 1:  # flat normalized copies; the multi-step loss gathers its windows instead
+    windowed = steps > 1 or input_noise > 0  # the rollout loss (of T = 1 steps, with noise alone)
+    if not windowed:  # flat normalized copies; the rollout loss gathers its windows instead
         x_all, y_all = model.normalize_input(state, action), model.normalize_target(target)
         vx, vy = model.normalize_input(vs, va), model.normalize_target(vt)
         if vx.shape[0] > 20_000:
@@ -117,32 +123,28 @@ def fit(
     for epoch in range(1, epochs + 1):
         for _ in range(per_epoch):
             idx = torch.randint(n, (e, batch_size), generator=generator)  # bootstrap per member
-            if steps > 1:
+            if windowed:
                 w = buffer.gather(starts[idx.to(starts.device)], steps)
                 fields = [
                     f.to(dev) for f in (w.state, w.action, w.next_state, w.reward, w.cost, w.terminated)
                 ]
-                if input_noise > 0:  # only the window's first state: the rollout goes on from there
-                    first = fields[0][0] + sigma * torch.randn(fields[0][0].shape, generator=generator).to(
-                        dev
-                    )
-                    fields[0] = torch.cat([first[None], fields[0][1:]])
-                loss, parts = model.rollout_loss(*fields)
+                noise = None
+                if input_noise > 0:  # the rollout's start: the one-step NLL stays on the clean state
+                    noise = sigma * torch.randn((e, batch_size, s_dim), generator=generator).to(dev)
+                    if noise_share < 1:  # the other windows roll out from their clean start
+                        keep = torch.rand((e, batch_size, 1), generator=generator).to(dev) < noise_share
+                        noise = noise * keep
+                loss, parts = model.rollout_loss(*fields, start_noise=noise)
             else:
                 idx = idx.to(dev)
-                x, y = x_all[idx], y_all[idx]
-                if input_noise > 0:  # normalized units: the input moves by noise, the target back by it
-                    noise = sigma * torch.randn((e, batch_size, s_dim), generator=generator).to(dev)
-                    x = torch.cat([x[..., :s_dim] + noise / model.in_std[:s_dim], x[..., s_dim:]], -1)
-                    y = torch.cat([y[..., :s_dim] - noise / model.out_std[:s_dim], y[..., s_dim:]], -1)
-                loss, parts = model.loss(x, y, done[idx])
+                loss, parts = model.loss(x_all[idx], y_all[idx], done[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             updates += 1
         nll = float(parts["nll"].mean())
         with torch.no_grad():
-            if steps > 1:
+            if windowed:
                 val = model.rollout_loss(*val_win)[1]["mse"]
             else:
                 mean, _, _ = model(vx.expand(e, *vx.shape))

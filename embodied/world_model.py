@@ -50,18 +50,31 @@ def world_model_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "world_model"
 
 
+def _world_model_file(name: str, seen: tuple[str, ...] = ()) -> DictConfig | None:
+    """configs/world_model/<name>.yaml with the files its ``defaults`` list names merged under it."""
+    if name in seen:
+        raise ConfigError(f"world_model config {name!r} lists itself among its defaults")
+    for d in config_dirs():
+        path = Path(d) / "world_model" / f"{name}.yaml"
+        if path.is_file():
+            own = OmegaConf.load(path)
+            merged = OmegaConf.create()
+            for entry in own.pop("defaults", []):
+                if str(entry) != "_self_":
+                    merged = OmegaConf.merge(merged, _world_model_file(str(entry), (*seen, name)) or {})
+            return OmegaConf.merge(merged, own)
+    return None
+
+
 def with_current_defaults(cfg: DictConfig) -> DictConfig:
     """``cfg`` whose ``world_model`` also has the keys its config file gained after the run was made
     (a run's saved config.yaml keeps the keys of its day; the run's own values win)."""
     if cfg.get("world_model") is None:
         return cfg
-    name = str(cfg.world_model.get("name", ""))
-    for d in config_dirs():
-        path = Path(d) / "world_model" / f"{name}.yaml"
-        if path.is_file():
-            cfg = cfg.copy()
-            cfg.world_model = OmegaConf.merge(OmegaConf.load(path), cfg.world_model)
-            break
+    current = _world_model_file(str(cfg.world_model.get("name", "")))
+    if current is not None:
+        cfg = cfg.copy()
+        cfg.world_model = OmegaConf.merge(current, cfg.world_model)
     return cfg
 
 

@@ -186,9 +186,10 @@ def train_world_model(run_dir: str | Path, cfg_overrides: Sequence[str] = ()) ->
     seed = int(cfg.seed)
     try:
         buffer = TransitionBuffer(data, float(wm["val_fraction"]), seed=seed)
-        ensemble = Ensemble(layout.dim, data.action.shape[-1], **{k: wm[k] for k in NET_KEYS if k in wm}).to(
-            str(cfg.device)
-        )
+        with torch.random.fork_rng(devices=[]):  # the initial weights follow the seed, not the process
+            torch.manual_seed(seed)
+            ensemble = Ensemble(layout.dim, data.action.shape[-1], **{k: wm[k] for k in NET_KEYS if k in wm})
+        ensemble = ensemble.to(str(cfg.device))
         result = fit(
             ensemble,
             buffer,

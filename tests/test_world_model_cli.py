@@ -119,3 +119,19 @@ def test_ghosts_blend_only_where_they_differ_from_the_real_frame():
     assert (out[0, :, 1, 2].float() > 100).all()  # covered: moved towards the ghost ...
     opaque = 0.6 * 200 + 0.4 * TINTS[0]  # the tinted ghost drawn fully
     assert (out[0, :, 1, 2].float() < opaque).all()  # ... but translucent
+
+
+def test_wm_train_is_repeatable_from_the_seed(run, tmp_path):
+    import torch
+
+    from embodied.world_model import train_world_model
+
+    dest = tmp_path / "copy"
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("world_model"))
+    tiny = ["world_model.epochs=1", "world_model.max_updates_per_epoch=5", "world_model.hidden=[16]"]
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(len(weights))  # the process's global state must not matter
+        path, _ = train_world_model(dest, tiny)
+        weights.append(load_world_model(path).ensemble.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -107,9 +107,13 @@ def task_config(name: str) -> DictConfig:
     defaults = own.pop("defaults", None)
     if not defaults:
         return own
-    # A variant names the tasks it extends, as Hydra's defaults list does: ``[ant, _self_]``.
+    # A variant names the tasks it extends, as Hydra's defaults list does: ``[ant, _self_]``. An
+    # ``override /<group>@_global_.<group>: <choice>`` entry selects another group's config (a task's
+    # own world model): Hydra applies it when composing; it adds nothing to the task's config here.
     parts = []
     for d in defaults:
+        if isinstance(d, DictConfig) and len(d) == 1 and str(next(iter(d))).startswith("override /"):
+            continue
         if d == "_self_":
             parts.append(own)
         elif not isinstance(d, str) or d == name:

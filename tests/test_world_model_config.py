@@ -36,3 +36,10 @@ def test_a_world_model_file_that_extends_itself_is_a_one_line_error(tmp_path, mo
     monkeypatch.setattr("embodied.world_model.config_dirs", lambda: [str(tmp_path)])
     with pytest.raises(ConfigError, match="'loop' lists itself among its defaults"):
         _world_model_file("loop")
+
+
+def test_the_task_registry_reads_a_task_that_selects_its_world_model() -> None:
+    from embodied.registry import task_config
+
+    cfg = task_config("driving_lane_follow")  # its defaults list holds an `override /world_model` entry
+    assert cfg.name == "driving_lane_follow" and "world_model" not in cfg and "defaults" not in cfg

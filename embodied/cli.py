@@ -37,7 +37,7 @@ USAGE = """usage: embodied <command> [key=value ...]
   vlm-check task=<task> reward=vlm reward.model=<dir> [reward.check_run=<teacher run>] [<override> ...]
           the VLM reward's sanity gate: ROC AUC success vs failure, Spearman with progress, correlation
           with the task reward; exit 2 below reward.min_auc (training runs it first)
-  wm-train run=<run dir> [world_model.<key>=<value> ...]   fits the world model (configs/world_model)
+  wm-train run=<run dir> [world_model.<key>=<value> ...] [seed=N]   fits the world model (configs/world_model)
           on the run's replay/ (train with replay.enabled=true); writes <run>/world_model/model.pt
   imagine run=<run dir> [futures=8] [horizon=50] [seed=0] [num_envs=4] [camera=<name or id>]
           the real rollout beside K imagined futures drawn as ghosts: <run>/world_model/futures.mp4, .png

@@ -36,6 +36,7 @@ FIT_KEYS = (
     "epochs",
     "batch_size",
     "lr",
+    "lr_end",
     "weight_decay",
     "patience",
     "max_updates_per_epoch",
@@ -79,13 +80,18 @@ def with_current_defaults(cfg: DictConfig) -> DictConfig:
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """``cfg`` with ``world_model.<key>=<value>`` overrides merged; any other key is a ConfigError."""
+    """``cfg`` with ``world_model.<key>=<value>`` overrides (and ``seed=<int>``: the split, the initial
+    weights and the minibatches) merged; any other key is a ConfigError."""
     cfg = with_current_defaults(cfg)
     known = set(OmegaConf.to_container(cfg.world_model)) if cfg.get("world_model") is not None else set()
     for o in overrides:
-        key = o.split("=", 1)[0]
+        key, _, value = o.partition("=")
+        if key == "seed":
+            if not value.lstrip("-").isdigit():
+                raise ConfigError(f"wm-train: seed must be an integer, got {value!r}")
+            continue
         if "=" not in o or not key.startswith("world_model."):
-            raise ConfigError(f"wm-train: expected world_model.<key>=<value>, got {o!r}")
+            raise ConfigError(f"wm-train: expected world_model.<key>=<value> or seed=<int>, got {o!r}")
         if key.removeprefix("world_model.") not in known:
             raise ConfigError(f"wm-train: unknown option {key!r}; valid: {', '.join(sorted(known))}")
     cfg = cfg.copy()

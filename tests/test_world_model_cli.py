@@ -135,3 +135,14 @@ def test_wm_train_is_repeatable_from_the_seed(run, tmp_path):
         path, _ = train_world_model(dest, tiny)
         weights.append(load_world_model(path).ensemble.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    path, fig = train_world_model(dest, [*tiny, "seed=7"])  # another seed: another split and init
+    other = load_world_model(path).ensemble.state_dict()
+    assert fig["split_seed"] == 7
+    assert not all(torch.equal(weights[0][k], other[k]) for k in other)
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"), [("seed=x", "seed must be an integer"), ("epochs=3", "seed=<int>")]
+)
+def test_wm_train_refuses_a_bad_seed_or_a_bare_key(run, arg, message):
+    assert_one_line_error(embodied("wm-train", f"run={run}", arg), message)

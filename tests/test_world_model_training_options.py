@@ -206,3 +206,28 @@ def test_bad_input_noise_or_share_is_refused() -> None:
                 input_noise=1.0,
                 noise_share=bad,
             )
+
+
+def fitted_weights(epochs: int, **kw) -> list[torch.Tensor]:
+    buf = TransitionBuffer(on_a_line(t=60, n=4), val_fraction=0.0)
+    torch.manual_seed(0)
+    model = Ensemble(2, 1, members=2, elites=1, hidden=(8,))
+    fit(model, buf, epochs=epochs, patience=epochs, lr=1e-2, generator=torch.Generator().manual_seed(0), **kw)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_lr_end_decays_the_learning_rate_after_the_first_epoch_only() -> None:
+    assert same(fitted_weights(1), fitted_weights(1, lr_end=0.0))  # epoch 1 runs at the full rate
+    assert not same(fitted_weights(3), fitted_weights(3, lr_end=0.0))
+    assert same(fitted_weights(3), fitted_weights(3, lr_end=1e-2))  # decaying to lr is no decay
+
+
+def test_a_bad_lr_end_is_refused() -> None:
+    buf = TransitionBuffer(on_a_line(t=60, n=4), val_fraction=0.0)
+    for bad in (-1e-4, True, float("nan"), "0.1"):
+        with pytest.raises(WorldModelError, match="lr_end must be null or a number >= 0"):
+            fit(Ensemble(2, 1, members=2, elites=1, hidden=(8,)), buf, epochs=1, lr_end=bad)

@@ -54,6 +54,7 @@ def fit(
     epochs: int = 50,
     batch_size: int = 256,
     lr: float = 1e-3,
+    lr_end: float | None = None,
     weight_decay: float = 1e-5,
     patience: int = 5,
     max_updates_per_epoch: int = 400,
@@ -73,6 +74,10 @@ def fit(
         raise WorldModelError(f"input_noise must be a number >= 0, got {input_noise!r}")
     if isinstance(noise_share, bool) or not isinstance(noise_share, int | float) or not 0 <= noise_share <= 1:
         raise WorldModelError(f"noise_share must be a number in [0, 1], got {noise_share!r}")
+    if lr_end is not None and (
+        isinstance(lr_end, bool) or not isinstance(lr_end, int | float) or not lr_end >= 0
+    ):
+        raise WorldModelError(f"lr_end must be null or a number >= 0, got {lr_end!r}")
     state, action, target, done = buffer.flat("train")
     vs, va, vt, _ = buffer.flat("val")
     if vs.shape[0] == 0:  # no held-out episodes: validate on (a sample of) the training data
@@ -110,6 +115,8 @@ def fit(
     opt = torch.optim.AdamW(
         [{"params": params, "weight_decay": weight_decay}, {"params": bounds, "weight_decay": 0.0}], lr=lr
     )
+    # lr_end: cosine decay from lr to lr_end over the `epochs` cap (early stopping may end it sooner)
+    sched = None if lr_end is None else torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, float(lr_end))
     stacked = [
         p
         for p in model.parameters()
@@ -142,6 +149,8 @@ def fit(
             loss.backward()
             opt.step()
             updates += 1
+        if sched is not None:
+            sched.step()
         nll = float(parts["nll"].mean())
         with torch.no_grad():
             if windowed:

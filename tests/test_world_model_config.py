@@ -17,7 +17,13 @@ def test_driving_lane_follow_selects_the_route_world_model_and_the_command_line_
     assert cfg.world_model.hidden == [200, 200, 200]  # everything else is the ensemble's
     assert compose(["task=driving_lane_follow", "world_model.input_noise=0.5"]).world_model.input_noise == 0.5
     assert compose(["task=driving_lane_follow", "world_model=ensemble"]).world_model.name == "ensemble"
-    assert compose(["task=go2_velocity"]).world_model.input_noise == 0.0
+    assert compose(["task=arm_push"]).world_model.name == "ensemble"
+
+
+def test_go2_velocity_selects_the_legged_world_model() -> None:
+    wm = compose(["task=go2_velocity"]).world_model
+    assert wm.name == "legged" and wm.input_noise == 1.0 and wm.linear_skip is True and wm.lr_end == 1e-4
+    assert wm.lr == 1e-3 and wm.members == 7
 
 
 def test_a_saved_config_of_an_extending_world_model_gains_the_keys_of_both_files() -> None:

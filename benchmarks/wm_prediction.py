@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="keep existing PPO runs (their replay) as data")
     ap.add_argument("--reuse-model", action="store_true", help="keep a run's fitted world_model/model.pt")
     ap.add_argument("--out", default="")
-    ap.add_argument("overrides", nargs="*", help="world_model.<key>=<value> for wm-train")
+    ap.add_argument("overrides", nargs="*", help="world_model.<key>=<value> or seed=<int> for wm-train")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     results, all_checks = {}, []

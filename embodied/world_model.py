@@ -84,18 +84,24 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     weights and the minibatches) merged; any other key is a ConfigError."""
     cfg = with_current_defaults(cfg)
     known = set(OmegaConf.to_container(cfg.world_model)) if cfg.get("world_model") is not None else set()
+    seed, dotlist = None, []
     for o in overrides:
         key, _, value = o.partition("=")
         if key == "seed":
-            if not value.lstrip("-").isdigit():
-                raise ConfigError(f"wm-train: seed must be an integer, got {value!r}")
+            try:
+                seed = int(value)
+            except ValueError:
+                raise ConfigError(f"wm-train: seed must be an integer, got {value!r}") from None
             continue
         if "=" not in o or not key.startswith("world_model."):
             raise ConfigError(f"wm-train: expected world_model.<key>=<value> or seed=<int>, got {o!r}")
         if key.removeprefix("world_model.") not in known:
             raise ConfigError(f"wm-train: unknown option {key!r}; valid: {', '.join(sorted(known))}")
+        dotlist.append(o)
     cfg = cfg.copy()
-    cfg.merge_with_dotlist(list(overrides))
+    cfg.merge_with_dotlist(dotlist)
+    if seed is not None:
+        cfg.seed = seed
     return cfg
 
 

@@ -142,7 +142,12 @@ def test_wm_train_is_repeatable_from_the_seed(run, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("arg", "message"), [("seed=x", "seed must be an integer"), ("epochs=3", "seed=<int>")]
+    ("arg", "message"),
+    [
+        ("seed=x", "seed must be an integer"),
+        ("seed=--3", "seed must be an integer"),
+        ("epochs=3", "seed=<int>"),
+    ],
 )
 def test_wm_train_refuses_a_bad_seed_or_a_bare_key(run, arg, message):
     assert_one_line_error(embodied("wm-train", f"run={run}", arg), message)

@@ -1,7 +1,7 @@
 """World-model prediction quality per task family, on held-out episodes, against two baselines.
 
-    python benchmarks/wm_prediction.py [--runs-dir /work/runs/wm_bench] [--families go2_velocity,...]
-        [--reuse] [--out wm_prediction.json] [world_model.<key>=<value> ...]
+    python benchmarks/wm_prediction.py [--runs-dir runs/wm_bench] [--families go2_velocity,...]
+        [--reuse] [--out wm_prediction.json] [world_model.<key>=<value> ...] [seed=N]
 
 For each family (go2_velocity, arm_push, driving_lane_follow):
 1. data: a short PPO run with ``replay.enabled=true`` (256 envs; the learning policy's transitions
@@ -175,7 +175,7 @@ def checks(family: str, r: dict[str, Any]) -> list[tuple[bool, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs-dir", default="/work/runs/wm_bench")
+    ap.add_argument("--runs-dir", default="runs/wm_bench")
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--reuse", action="store_true", help="keep existing PPO runs (their replay) as data")
     ap.add_argument("--reuse-model", action="store_true", help="keep a run's fitted world_model/model.pt")
